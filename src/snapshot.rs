@@ -1,0 +1,378 @@
+//! Snapshot format v1: what `collect` writes and `check --from` reads.
+//!
+//! The snapshot keeps ARM payloads exactly as they were returned (`serde_json::Value`), and adds
+//! only the structure around them: which read, in which scope, and whether it succeeded.
+//! See `docs/snapshot.md`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const SNAPSHOT_SCHEMA: &str = "cvm-backup/snapshot/v1";
+
+/// One error met while reading Azure. Also the shape of the report's `errors[]` entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorRecord {
+    pub scope: String,
+    pub operation: String,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl ErrorRecord {
+    /// A short human form: "list disks in /subscriptions/x: 403 AuthorizationFailed".
+    pub fn short(&self) -> String {
+        let mut s = format!("{} at {}", self.operation, self.scope);
+        match (self.status, &self.code) {
+            (Some(st), Some(c)) => s.push_str(&format!(": {st} {c}")),
+            (Some(st), None) => s.push_str(&format!(": HTTP {st}")),
+            (None, Some(c)) => s.push_str(&format!(": {c}")),
+            (None, None) => {
+                if !self.message.is_empty() {
+                    s.push_str(&format!(": {}", self.message));
+                }
+            }
+        }
+        s
+    }
+}
+
+/// A paged ARM list: all pages concatenated. `error` set means incomplete.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListRead {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorRecord>,
+}
+
+impl ListRead {
+    pub fn ok(items: Vec<Value>) -> Self {
+        ListRead {
+            value: Some(items),
+            error: None,
+        }
+    }
+    pub fn failed(error: ErrorRecord) -> Self {
+        ListRead {
+            value: None,
+            error: Some(error),
+        }
+    }
+    pub fn items(&self) -> &[Value] {
+        self.value.as_deref().unwrap_or(&[])
+    }
+}
+
+/// One GET.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SingleRead {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_found: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorRecord>,
+}
+
+impl SingleRead {
+    pub fn ok(value: Value) -> Self {
+        SingleRead {
+            value: Some(value),
+            ..Default::default()
+        }
+    }
+    pub fn not_found() -> Self {
+        SingleRead {
+            not_found: true,
+            ..Default::default()
+        }
+    }
+    pub fn failed(error: ErrorRecord) -> Self {
+        SingleRead {
+            error: Some(error),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolInfo {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Endpoints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub schema: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collected_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
+    pub subscriptions: Vec<SubscriptionSnapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_principal: Option<SingleRead>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vaults: BTreeMap<String, VaultChildren>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub key_vault_role_assignments: BTreeMap<String, ListRead>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_definitions: BTreeMap<String, SingleRead>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub managed_hsms: BTreeMap<String, HsmRbac>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ErrorRecord>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionSnapshot {
+    pub subscription_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machines: Option<ListRead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<ListRead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<ListRead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_encryption_sets: Option<ListRead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_services_vaults: Option<ListRead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_vaults: Option<ListRead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_hsms: Option<ListRead>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub features: BTreeMap<String, SingleRead>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VaultChildren {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_config: Option<SingleRead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<ListRead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_items: Option<ListRead>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HsmRbac {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_assignments: Option<ListRead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_definitions: Option<ListRead>,
+}
+
+/// Why a snapshot could not be loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot read snapshot {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("snapshot {path} is not valid JSON at line {line}, column {column}: {msg}")]
+    Json {
+        path: String,
+        line: usize,
+        column: usize,
+        msg: String,
+    },
+    #[error("snapshot {path} is truncated: the JSON ends early at line {line}, column {column}")]
+    Truncated {
+        path: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("snapshot {path} has the wrong schema {found:?}: expected \"{SNAPSHOT_SCHEMA}\"")]
+    WrongSchema { path: String, found: String },
+    #[error("snapshot {path} is not a cvm-backup snapshot: {msg}")]
+    Invalid { path: String, msg: String },
+}
+
+impl Snapshot {
+    pub fn new(subscriptions: Vec<SubscriptionSnapshot>) -> Self {
+        Snapshot {
+            schema: SNAPSHOT_SCHEMA.to_string(),
+            tool: Some(ToolInfo {
+                name: "cvm-backup".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            }),
+            collected_at: None,
+            source: None,
+            endpoints: None,
+            subscriptions,
+            backup_principal: None,
+            vaults: BTreeMap::new(),
+            key_vault_role_assignments: BTreeMap::new(),
+            role_definitions: BTreeMap::new(),
+            managed_hsms: BTreeMap::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Parse a snapshot from bytes. `path` only names the source in errors.
+    pub fn from_slice(bytes: &[u8], path: &str) -> Result<Snapshot, SnapshotError> {
+        // First as a generic value, so the schema can be checked before the structure.
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| json_error(&e, path))?;
+        let obj = value.as_object().ok_or_else(|| SnapshotError::Invalid {
+            path: path.to_string(),
+            msg: "the top level is not a JSON object".into(),
+        })?;
+        match obj.get("schema") {
+            None => {
+                return Err(SnapshotError::Invalid {
+                    path: path.to_string(),
+                    msg: "missing required field `schema`".into(),
+                })
+            }
+            Some(Value::String(s)) if s == SNAPSHOT_SCHEMA => {}
+            Some(other) => {
+                return Err(SnapshotError::WrongSchema {
+                    path: path.to_string(),
+                    found: match other {
+                        Value::String(s) => s.clone(),
+                        v => v.to_string(),
+                    },
+                })
+            }
+        }
+        let snap: Snapshot =
+            serde_json::from_value(value).map_err(|e| SnapshotError::Invalid {
+                path: path.to_string(),
+                msg: e.to_string(),
+            })?;
+        snap.validate(path)?;
+        Ok(snap)
+    }
+
+    pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        Snapshot::from_slice(&bytes, &shown)
+    }
+
+    fn validate(&self, path: &str) -> Result<(), SnapshotError> {
+        let invalid = |msg: String| SnapshotError::Invalid {
+            path: path.to_string(),
+            msg,
+        };
+        for (i, s) in self.subscriptions.iter().enumerate() {
+            if s.subscription_id.trim().is_empty() {
+                return Err(invalid(format!(
+                    "subscriptions[{i}].subscription_id is empty"
+                )));
+            }
+            let lists = [
+                ("virtual_machines", &s.virtual_machines),
+                ("disks", &s.disks),
+                ("snapshots", &s.snapshots),
+                ("disk_encryption_sets", &s.disk_encryption_sets),
+                ("recovery_services_vaults", &s.recovery_services_vaults),
+                ("key_vaults", &s.key_vaults),
+                ("managed_hsms", &s.managed_hsms),
+            ];
+            for (name, l) in lists {
+                if let Some(l) = l {
+                    if l.value.is_none() && l.error.is_none() {
+                        return Err(invalid(format!(
+                            "subscriptions[{i}].{name} has neither `value` nor `error`"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Serialise for `collect --output`.
+    pub fn to_json_pretty(&self) -> String {
+        // Serialising plain data structures cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+fn json_error(e: &serde_json::Error, path: &str) -> SnapshotError {
+    if e.is_eof() {
+        SnapshotError::Truncated {
+            path: path.to_string(),
+            line: e.line(),
+            column: e.column(),
+        }
+    } else {
+        let full = e.to_string();
+        // serde_json appends " at line X column Y"; we print position ourselves.
+        let msg = match full.rfind(" at line ") {
+            Some(i) => full[..i].to_string(),
+            None => full,
+        };
+        SnapshotError::Json {
+            path: path.to_string(),
+            line: e.line(),
+            column: e.column(),
+            msg,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_wrong_schema() {
+        let e = Snapshot::from_slice(br#"{"schema":"other/v2","subscriptions":[]}"#, "x.json")
+            .unwrap_err();
+        assert!(matches!(e, SnapshotError::WrongSchema { .. }), "{e}");
+    }
+
+    #[test]
+    fn truncated_is_reported_with_position() {
+        let e = Snapshot::from_slice(br#"{"schema":"cvm-backup/snapshot/v1","subs"#, "x.json")
+            .unwrap_err();
+        assert!(matches!(e, SnapshotError::Truncated { line: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn missing_subscriptions_is_named() {
+        let e = Snapshot::from_slice(br#"{"schema":"cvm-backup/snapshot/v1"}"#, "x.json")
+            .unwrap_err();
+        assert!(e.to_string().contains("subscriptions"), "{e}");
+    }
+
+    #[test]
+    fn tolerates_unknown_fields() {
+        let s = Snapshot::from_slice(
+            br#"{"schema":"cvm-backup/snapshot/v1","extra":1,"subscriptions":[{"subscription_id":"a","zzz":true}]}"#,
+            "x.json",
+        )
+        .unwrap();
+        assert_eq!(s.subscriptions.len(), 1);
+    }
+}
