@@ -1,1 +1,16 @@
+//! cvm-backup: preflight checker for Azure Backup of confidential VMs.
+//!
+//! Data flows one way: collect -> snapshot -> estate -> rules -> report -> renderers.
+
+pub mod app;
+pub mod armid;
+pub mod cli;
+pub mod collect;
+pub mod endpoint;
+pub mod engine;
+pub mod estate;
+pub mod output;
+pub mod report;
+pub mod rules;
+pub mod ruleset;
 pub mod snapshot;

@@ -260,11 +260,10 @@ impl Snapshot {
                 })
             }
         }
-        let snap: Snapshot =
-            serde_json::from_value(value).map_err(|e| SnapshotError::Invalid {
-                path: path.to_string(),
-                msg: e.to_string(),
-            })?;
+        let snap: Snapshot = serde_json::from_value(value).map_err(|e| SnapshotError::Invalid {
+            path: path.to_string(),
+            msg: e.to_string(),
+        })?;
         snap.validate(path)?;
         Ok(snap)
     }
@@ -361,8 +360,8 @@ mod tests {
 
     #[test]
     fn missing_subscriptions_is_named() {
-        let e = Snapshot::from_slice(br#"{"schema":"cvm-backup/snapshot/v1"}"#, "x.json")
-            .unwrap_err();
+        let e =
+            Snapshot::from_slice(br#"{"schema":"cvm-backup/snapshot/v1"}"#, "x.json").unwrap_err();
         assert!(e.to_string().contains("subscriptions"), "{e}");
     }
 

@@ -1,0 +1,289 @@
+//! The binary's edge: flags -> snapshot -> estate -> report -> renderer -> exit code.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use clap::Parser;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::cli::{self, CheckArgs, Cli, ColorChoice, Command, Format};
+use crate::collect::{self, CollectError, CollectOptions};
+use crate::engine::{self, Policy, Scope};
+use crate::estate::Estate;
+use crate::output::{self, diag, json_v1};
+use crate::report::{self, FailOn};
+use crate::rules::{self, Settings};
+use crate::ruleset;
+use crate::snapshot::Snapshot;
+
+/// An error that ends the run with a specific exit code and one clear message.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Usage or input error: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Nothing could be evaluated (authentication, connection): exit 4.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl AppError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Usage(_) => 2,
+            AppError::Unavailable(_) => 4,
+        }
+    }
+}
+
+impl From<CollectError> for AppError {
+    fn from(e: CollectError) -> Self {
+        match e {
+            CollectError::Usage(m) => AppError::Usage(m),
+            CollectError::Auth(m) | CollectError::Unreachable(m) => AppError::Unavailable(m),
+        }
+    }
+}
+
+/// Entry point of the binary; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            diag("error", &e.to_string());
+            e.exit_code()
+        }
+    }
+}
+
+/// The clock: `CVM_BACKUP_NOW` (RFC 3339) fixes it for reproducible tests and audits.
+pub fn now() -> Result<OffsetDateTime, AppError> {
+    match std::env::var("CVM_BACKUP_NOW") {
+        Ok(s) if !s.is_empty() => OffsetDateTime::parse(&s, &Rfc3339).map_err(|e| {
+            AppError::Usage(format!("CVM_BACKUP_NOW {s:?} is not an RFC 3339 time: {e}"))
+        }),
+        _ => Ok(OffsetDateTime::now_utc()),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<i32, AppError> {
+    match cli.command {
+        Command::Check(args) => check(args),
+        Command::Collect(args) => collect_cmd(args),
+        Command::Rules(args) => rules_cmd(args),
+        Command::Explain(args) => explain(&args.rule),
+        Command::Init(args) => init(&args.output, args.force),
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(args.shell, &mut cmd, "cvm-backup", &mut buf);
+            write_out(&String::from_utf8_lossy(&buf), None)?;
+            Ok(0)
+        }
+    }
+}
+
+fn write_out(text: &str, path: Option<&Path>) -> Result<(), AppError> {
+    output::emit(text, path).map_err(|e| match path {
+        Some(p) => AppError::Usage(format!("cannot write {}: {e}", p.display())),
+        None => AppError::Usage(format!("cannot write to stdout: {e}")),
+    })
+}
+
+fn use_color(choice: ColorChoice, to_file: bool) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            !to_file
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::stdout().is_terminal()
+        }
+    }
+}
+
+fn load_ruleset(name: Option<&str>) -> Result<ruleset::Ruleset, AppError> {
+    ruleset::load(name.unwrap_or(ruleset::DEFAULT)).map_err(AppError::Usage)
+}
+
+fn collect_options(
+    conn: &cli::ConnectionArgs,
+    scope: &cli::ScopeArgs,
+    extra_features: Vec<String>,
+    show_progress: bool,
+) -> CollectOptions {
+    CollectOptions {
+        arm_endpoint: conn.arm_endpoint.clone(),
+        graph_endpoint: conn.graph_endpoint.clone(),
+        access_token: conn.access_token.clone(),
+        subscriptions: scope.subscriptions.clone(),
+        backup_principal_id: conn.backup_principal_id.clone(),
+        extra_features,
+        concurrency: conn.concurrency as usize,
+        timeout: Duration::from_secs(conn.timeout),
+        request_timeout: Duration::from_secs(conn.request_timeout),
+        show_progress,
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AppError::Unavailable(format!("cannot start the async runtime: {e}")))
+}
+
+fn progress_wanted(out: &cli::OutputArgs) -> bool {
+    !out.no_progress && !out.quiet && std::io::stderr().is_terminal()
+}
+
+fn check(args: CheckArgs) -> Result<i32, AppError> {
+    let now = now()?;
+    let ruleset = load_ruleset(args.ruleset.as_deref())?;
+    let settings = Settings::from_ruleset(&ruleset);
+    let fail_on = match args.fail_on {
+        Some(cli::FailOn::Error) | None => FailOn::Error,
+        Some(cli::FailOn::Warning) => FailOn::Warning,
+        Some(cli::FailOn::Never) => FailOn::Never,
+    };
+    let policy = Policy::new(now.date());
+
+    let snapshot = match &args.from {
+        Some(path) => Snapshot::load(path).map_err(|e| AppError::Usage(e.to_string()))?,
+        None => {
+            let opts = collect_options(
+                &args.connection,
+                &args.scope,
+                settings.opt_out_features.clone(),
+                progress_wanted(&args.out),
+            );
+            runtime()?.block_on(collect::collect(&opts))?
+        }
+    };
+    let principal = args.connection.backup_principal_id.as_deref();
+    let estate = Estate::from_snapshot(&snapshot, principal);
+    let scope = Scope {
+        subscriptions: if args.from.is_some() {
+            args.scope.subscriptions.clone()
+        } else {
+            Vec::new()
+        },
+        resource_groups: args.scope.resource_groups.clone(),
+        vms: args.scope.vms.clone(),
+    };
+    let eval = engine::evaluate(&estate, &settings, &policy, &scope, now);
+    let report = eval.report;
+
+    let to_file = args.output.is_some();
+    let text = match args.format {
+        Format::Json => json_v1::render(&report),
+        Format::Table => output::table::render(&report, use_color(args.out.color, to_file)),
+        other => {
+            return Err(AppError::Usage(format!(
+                "--format {} is not available yet",
+                format!("{other:?}").to_ascii_lowercase()
+            )))
+        }
+    };
+    write_out(&text, args.output.as_deref())?;
+    Ok(report::exit_code(&report, fail_on))
+}
+
+fn collect_cmd(args: cli::CollectArgs) -> Result<i32, AppError> {
+    let opts = collect_options(
+        &args.connection,
+        &args.scope,
+        Vec::new(),
+        progress_wanted(&args.out),
+    );
+    let mut snapshot = runtime()?.block_on(collect::collect(&opts))?;
+    snapshot.collected_at = now()?.format(&Rfc3339).ok();
+    write_snapshot(&args.output, &snapshot)?;
+    let estate = Estate::from_snapshot(&snapshot, None);
+    Ok(if estate.errors.is_empty() { 0 } else { 3 })
+}
+
+/// Writes a snapshot with owner-only permissions: it holds tenant metadata.
+fn write_snapshot(path: &Path, snapshot: &Snapshot) -> Result<(), AppError> {
+    let text = snapshot.to_json_pretty();
+    let err = |e: std::io::Error| AppError::Usage(format!("cannot write {}: {e}", path.display()));
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(err)?;
+        // An existing file keeps its mode on open: tighten it.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
+        f.write_all(text.as_bytes()).map_err(err)?;
+        f.write_all(b"\n").map_err(err)?;
+    }
+    #[cfg(not(unix))]
+    std::fs::write(path, text).map_err(err)?;
+    Ok(())
+}
+
+fn rules_cmd(args: cli::RulesArgs) -> Result<i32, AppError> {
+    let rs = load_ruleset(args.ruleset.as_deref())?;
+    let text = match args.format {
+        cli::RulesFormat::Json => {
+            let doc = json_v1::RulesV1 {
+                ruleset: json_v1::Ruleset {
+                    name: rs.name.clone(),
+                    as_of: rs.as_of.clone(),
+                },
+                rules: rules::all().iter().map(|r| r.meta().into()).collect(),
+            };
+            let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        cli::RulesFormat::Table => output::rules_table(&rs),
+    };
+    write_out(&text, None)?;
+    Ok(0)
+}
+
+fn explain(rule: &str) -> Result<i32, AppError> {
+    let Some(r) = rules::find(rule) else {
+        let valid: Vec<String> = rules::all()
+            .iter()
+            .map(|r| format!("{} ({})", r.meta().name, r.meta().reference))
+            .collect();
+        return Err(AppError::Usage(format!(
+            "unknown rule {rule:?}; valid rules: {}",
+            valid.join(", ")
+        )));
+    };
+    write_out(&output::explain(r.meta()), None)?;
+    Ok(0)
+}
+
+fn init(path: &Path, force: bool) -> Result<i32, AppError> {
+    if path.exists() && !force {
+        return Err(AppError::Usage(format!(
+            "{} already exists; use --force to overwrite it",
+            path.display()
+        )));
+    }
+    std::fs::write(path, crate::output::CONFIG_TEMPLATE)
+        .map_err(|e| AppError::Usage(format!("cannot write {}: {e}", path.display())))?;
+    diag("info", &format!("wrote {}", path.display()));
+    Ok(0)
+}

@@ -1,0 +1,268 @@
+//! The rule engine: estate + settings + config policy -> report. Pure; no I/O.
+
+use std::collections::HashMap;
+
+use time::{Date, OffsetDateTime};
+
+use crate::armid;
+use crate::estate::{Estate, Vm};
+use crate::report::{verdict, Report, RuleResult, SubscriptionReport, VmReport, WaiverInfo};
+use crate::rules::{self, Cx, Finding, Outcome, RuleMeta, Settings, Severity};
+
+/// A rule's settings from the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleOverride {
+    pub severity: Option<Severity>,
+    pub enabled: bool,
+}
+
+impl Default for RuleOverride {
+    fn default() -> Self {
+        RuleOverride {
+            severity: None,
+            enabled: true,
+        }
+    }
+}
+
+/// An accepted risk: a `fail` or `unknown` of one rule at or under `scope`, until `expires`.
+#[derive(Debug, Clone)]
+pub struct Waiver {
+    pub rule: &'static RuleMeta,
+    /// A VM id, resource group id or subscription id (`/subscriptions/<id>` or the bare GUID).
+    pub scope: String,
+    pub reason: String,
+    pub expires: Date,
+    /// Where it was declared, for messages ("cvm-backup.toml:12").
+    pub origin: String,
+}
+
+impl Waiver {
+    fn scope_path(&self) -> String {
+        if self.scope.contains('/') {
+            self.scope.clone()
+        } else {
+            format!("/subscriptions/{}", self.scope)
+        }
+    }
+
+    pub fn is_expired(&self, today: Date) -> bool {
+        today >= self.expires
+    }
+}
+
+/// Config decisions that shape results: severity overrides, disabled rules, waivers.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// By rule ref.
+    pub overrides: HashMap<&'static str, RuleOverride>,
+    pub waivers: Vec<Waiver>,
+    pub today: Date,
+}
+
+impl Policy {
+    pub fn new(today: Date) -> Self {
+        Policy {
+            overrides: HashMap::new(),
+            waivers: Vec::new(),
+            today,
+        }
+    }
+}
+
+/// Which VMs the report covers (the estate around them is always used in full).
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub subscriptions: Vec<String>,
+    pub resource_groups: Vec<String>,
+    pub vms: Vec<String>,
+}
+
+impl Scope {
+    fn subscription_in(&self, id: &str) -> bool {
+        self.subscriptions.is_empty()
+            || self
+                .subscriptions
+                .iter()
+                .any(|s| s.trim().eq_ignore_ascii_case(id))
+    }
+
+    fn vm_in(&self, vm: &Vm) -> bool {
+        self.subscription_in(&vm.subscription_id)
+            && (self.resource_groups.is_empty()
+                || self
+                    .resource_groups
+                    .iter()
+                    .any(|g| g.eq_ignore_ascii_case(&vm.resource_group)))
+            && (self.vms.is_empty()
+                || self.vms.iter().any(|v| {
+                    if v.contains('/') {
+                        armid::same_id(v, &vm.id)
+                    } else {
+                        v.eq_ignore_ascii_case(&vm.name)
+                    }
+                }))
+    }
+}
+
+/// The report, plus which waivers matched something (by index in `policy.waivers`).
+pub struct Evaluation {
+    pub report: Report,
+    pub waiver_used: Vec<bool>,
+}
+
+struct Applier<'a> {
+    policy: &'a Policy,
+    used: Vec<bool>,
+}
+
+impl Applier<'_> {
+    fn result(&mut self, meta: &'static RuleMeta, f: Finding, target_id: &str) -> RuleResult {
+        let ov = self
+            .policy
+            .overrides
+            .get(meta.reference)
+            .copied()
+            .unwrap_or_default();
+        let severity = ov.severity.unwrap_or(meta.severity);
+        if !ov.enabled {
+            return RuleResult {
+                meta,
+                severity,
+                outcome: Outcome::Skipped,
+                message: "disabled in config".into(),
+                evidence: Default::default(),
+                remediation: None,
+                waiver: None,
+            };
+        }
+        let mut r = RuleResult {
+            meta,
+            severity,
+            outcome: f.outcome,
+            message: f.message,
+            evidence: f.evidence,
+            remediation: f.remediation,
+            waiver: None,
+        };
+        if matches!(r.outcome, Outcome::Fail | Outcome::Unknown) {
+            for (i, w) in self.policy.waivers.iter().enumerate() {
+                if std::ptr::eq(w.rule, meta)
+                    && !w.is_expired(self.policy.today)
+                    && armid::scope_covers(&w.scope_path(), target_id)
+                {
+                    self.used[i] = true;
+                    r.waiver = Some(WaiverInfo {
+                        reason: w.reason.clone(),
+                        expires: w.expires.to_string(),
+                        original: r.outcome,
+                    });
+                    r.outcome = Outcome::Waived;
+                    break;
+                }
+            }
+        }
+        r
+    }
+}
+
+pub fn evaluate(
+    estate: &Estate,
+    settings: &Settings,
+    policy: &Policy,
+    scope: &Scope,
+    generated_at: OffsetDateTime,
+) -> Evaluation {
+    let cx = Cx { estate, settings };
+    let all = rules::all();
+    let mut ap = Applier {
+        policy,
+        used: vec![false; policy.waivers.len()],
+    };
+
+    // Subscription-scoped rules: once per subscription, reused for every VM.
+    let mut sub_findings: HashMap<String, Vec<(usize, Finding)>> = HashMap::new();
+    let mut subscriptions = Vec::new();
+    for s in estate
+        .subscriptions
+        .iter()
+        .filter(|s| scope.subscription_in(&s.id))
+    {
+        let findings: Vec<(usize, Finding)> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.meta().subscription_scoped)
+            .map(|(i, r)| (i, r.check_subscription(&cx, &s.id)))
+            .collect();
+        let target = format!("/subscriptions/{}", s.id);
+        let results = findings
+            .iter()
+            .map(|(i, f)| ap.result(all[*i].meta(), f.clone(), &target))
+            .collect();
+        sub_findings.insert(s.key.clone(), findings);
+        subscriptions.push(SubscriptionReport {
+            id: s.id.clone(),
+            display_name: s.display_name.clone(),
+            vm_list_missing: s.vm_list_missing.clone(),
+            results,
+        });
+    }
+
+    let mut vms = Vec::new();
+    for vm in estate.vms.iter().filter(|v| scope.vm_in(v)) {
+        let pre = all[0].check_vm(&cx, vm);
+        let mut results = Vec::with_capacity(all.len());
+        if pre.outcome != Outcome::Pass {
+            results.push(ap.result(all[0].meta(), pre, &vm.id));
+        } else {
+            results.push(ap.result(all[0].meta(), pre, &vm.id));
+            let cached = sub_findings.get(&vm.subscription_id.to_ascii_lowercase());
+            for (i, rule) in all.iter().enumerate().skip(1) {
+                let meta = rule.meta();
+                let f = if meta.subscription_scoped {
+                    cached
+                        .and_then(|c| c.iter().find(|(j, _)| *j == i))
+                        .map(|(_, f)| f.clone())
+                        .unwrap_or_else(|| rule.check_vm(&cx, vm))
+                } else {
+                    rule.check_vm(&cx, vm)
+                };
+                results.push(ap.result(meta, f, &vm.id));
+            }
+        }
+        vms.push(VmReport {
+            verdict: verdict(&results),
+            id: vm.id.clone(),
+            name: vm.name.clone(),
+            subscription_id: vm.subscription_id.clone(),
+            resource_group: vm.resource_group.clone(),
+            location: vm.location.clone(),
+            size: vm.size.clone(),
+            results,
+        });
+    }
+    vms.sort_by_cached_key(|v| v.id.to_ascii_lowercase());
+
+    let errors: Vec<_> = estate
+        .errors
+        .iter()
+        .filter(|e| match armid::subscription_of(&e.scope) {
+            Some(s) => scope.subscription_in(s) || estate.subscription(s).is_none(),
+            None => true,
+        })
+        .cloned()
+        .collect();
+
+    Evaluation {
+        report: Report {
+            ruleset_name: settings.ruleset_name.clone(),
+            ruleset_as_of: settings.ruleset_as_of.clone(),
+            generated_at,
+            complete: errors.is_empty(),
+            subscriptions,
+            vms,
+            errors,
+        },
+        waiver_used: ap.used,
+    }
+}

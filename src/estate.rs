@@ -1,0 +1,1016 @@
+//! The estate: the typed, normalised model the rules read, built once from a snapshot.
+//!
+//! Everything is indexed by normalised ARM id (lower-case), so each rule's lookups are O(1) per
+//! VM. "Could not be read" is explicit everywhere ([`Avail::Unknown`], [`Listing::missing`]):
+//! a failed read is never an empty list.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde_json::Value;
+
+use crate::armid::{self, norm, norm_location};
+use crate::snapshot::{ErrorRecord, ListRead, SingleRead, Snapshot, SubscriptionSnapshot};
+
+/// A value that was read, or the reason it could not be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Avail<T> {
+    Known(T),
+    Unknown(String),
+}
+
+impl<T> Avail<T> {
+    pub fn as_ref(&self) -> Avail<&T> {
+        match self {
+            Avail::Known(t) => Avail::Known(t),
+            Avail::Unknown(r) => Avail::Unknown(r.clone()),
+        }
+    }
+}
+
+/// The items of a list read. `missing` is `Some(reason)` when the list is incomplete: the items
+/// present exist, but absence proves nothing.
+#[derive(Debug, Clone)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    pub missing: Option<String>,
+}
+
+impl<T> Default for Listing<T> {
+    fn default() -> Self {
+        Listing {
+            items: Vec::new(),
+            missing: None,
+        }
+    }
+}
+
+impl<T> Listing<T> {
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_none()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Vm {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub subscription_id: String,
+    pub resource_group: String,
+    /// Normalised location (lower-case, no spaces).
+    pub location: String,
+    pub size: Option<String>,
+    pub security_type: Option<String>,
+    pub os_disk_id: Option<String>,
+    pub os_encryption_type: Option<String>,
+    /// The confidential DES of the OS disk (`managedDisk.securityProfile.diskEncryptionSet.id`).
+    pub cvm_des_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub id: String,
+    pub managed_by: Option<String>,
+    /// Every DES that encrypts this disk or snapshot (SSE and confidential).
+    pub des_ids: Vec<String>,
+    pub security_type: Option<String>,
+    pub secure_des_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Des {
+    pub id: String,
+    pub name: String,
+    pub encryption_type: Option<String>,
+    pub key_url: Option<String>,
+    pub source_vault_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RsVault {
+    pub id: String,
+    pub name: String,
+    pub resource_group: String,
+    pub subscription_id: String,
+    pub location: String,
+    /// `properties.redundancySettings.crossRegionRestore` when present.
+    pub crr_property: Option<bool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    pub object_id: String,
+    pub application_id: Option<String>,
+    pub key_permissions: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyVault {
+    pub id: String,
+    pub name: String,
+    pub rbac: bool,
+    pub access_policies: Vec<AccessPolicy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Hsm {
+    pub id: String,
+    pub name: String,
+    pub hsm_uri: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub id: String,
+    pub name: String,
+    pub policy_type: Option<String>,
+    pub snapshot_consistency: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProtectedItem {
+    pub id: String,
+    pub vm_id: String,
+    pub policy_id: Option<String>,
+    pub policy_name: Option<String>,
+    pub protection_state: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultDetail {
+    /// Cross-region restore from `backupstorageconfig` (`crossRegionRestoreFlag`).
+    pub storage_crr: Avail<Option<bool>>,
+    pub policies: Listing<Policy>,
+    pub items: Listing<ProtectedItem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoleAssignment {
+    pub id: String,
+    pub principal_id: String,
+    pub scope: String,
+    pub role_definition_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Permission {
+    pub data_actions: Vec<String>,
+    pub not_data_actions: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoleDefinition {
+    pub guid: String,
+    pub name: String,
+    pub permissions: Vec<Permission>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HsmRbac {
+    pub assignments: Listing<RoleAssignment>,
+    pub definitions: Listing<RoleDefinition>,
+}
+
+/// The Backup Management Service principal in the tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Principal {
+    Known(String),
+    /// Graph answered 404: the tenant has no such service principal.
+    Absent,
+    Unknown(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscriptionData {
+    pub id: String,
+    pub key: String,
+    pub display_name: Option<String>,
+    /// Why the VM list is incomplete, if it is.
+    pub vm_list_missing: Option<String>,
+    pub disks: Listing<Disk>,
+    pub snapshots: Listing<Disk>,
+    pub des: Listing<Des>,
+    pub vaults: Listing<RsVault>,
+    pub key_vaults: Listing<KeyVault>,
+    pub hsms: Listing<Hsm>,
+    /// Feature state by lower-case "namespace/name".
+    pub features: HashMap<String, Avail<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Estate {
+    pub subscriptions: Vec<SubscriptionData>,
+    pub vms: Vec<Vm>,
+    pub errors: Vec<ErrorRecord>,
+    pub principal: Principal,
+    sub_index: HashMap<String, usize>,
+    vault_details: HashMap<String, VaultDetail>,
+    kv_role_assignments: HashMap<String, Listing<RoleAssignment>>,
+    role_definitions: HashMap<String, Avail<RoleDefinition>>,
+    hsm_rbac: HashMap<String, HsmRbac>,
+    /// DES key -> disks and snapshots encrypted with it.
+    des_usage: HashMap<String, BTreeSet<String>>,
+    /// VM key -> (vault key, item).
+    protection: HashMap<String, (String, ProtectedItem)>,
+    /// Disk key -> (subscription index, disk index).
+    disk_index: HashMap<String, (usize, usize)>,
+}
+
+/// Result of looking up one resource by id.
+#[derive(Debug, Clone)]
+pub enum Lookup<'a, T> {
+    Found(&'a T),
+    /// The list it would be in was read completely and it is not there.
+    NotFound,
+    Unknown(String),
+}
+
+/// Whether a VM is protected by Azure Backup.
+#[derive(Debug, Clone)]
+pub enum Protection<'a> {
+    Protected {
+        vault_key: &'a str,
+        vault: Option<&'a RsVault>,
+        item: &'a ProtectedItem,
+    },
+    NotProtected,
+    Unknown(String),
+}
+
+// ---- JSON access helpers -------------------------------------------------------------------
+
+/// Field lookup that prefers the exact key and falls back to a case-insensitive match.
+fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    let obj = v.as_object()?;
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
+fn path<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().try_fold(v, |cur, k| field(cur, k))
+}
+
+fn str_at(v: &Value, keys: &[&str]) -> Option<String> {
+    match path(v, keys)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn bool_at(v: &Value, keys: &[&str]) -> Option<bool> {
+    match path(v, keys)? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    }
+}
+
+fn str_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn malformed(scope: &str, what: &str, msg: String) -> ErrorRecord {
+    ErrorRecord {
+        scope: scope.to_string(),
+        operation: format!("read {what}"),
+        status: None,
+        code: Some("MalformedResource".into()),
+        message: msg,
+    }
+}
+
+/// Builds a listing from a list read, parsing each raw item with `parse`. Unusable items are
+/// recorded as errors and make the listing incomplete.
+fn listing<T>(
+    read: Option<&ListRead>,
+    scope: &str,
+    what: &str,
+    errors: &mut Vec<ErrorRecord>,
+    parse: impl Fn(&Value) -> Result<T, String>,
+) -> Listing<T> {
+    let Some(read) = read else {
+        let e = ErrorRecord {
+            scope: scope.to_string(),
+            operation: format!("list {what}"),
+            status: None,
+            code: Some("NotCollected".into()),
+            message: format!("the snapshot holds no {what} list for this scope"),
+        };
+        let reason = e.short();
+        errors.push(e);
+        return Listing {
+            items: Vec::new(),
+            missing: Some(reason),
+        };
+    };
+    let mut out = Listing::default();
+    if let Some(e) = &read.error {
+        out.missing = Some(e.short());
+        errors.push(e.clone());
+    }
+    for (i, raw) in read.items().iter().enumerate() {
+        match parse(raw) {
+            Ok(t) => out.items.push(t),
+            Err(msg) => {
+                let id = str_at(raw, &["id"]).unwrap_or_else(|| format!("{scope} item {i}"));
+                let e = malformed(&id, what, msg);
+                if out.missing.is_none() {
+                    out.missing = Some(e.short());
+                }
+                errors.push(e);
+            }
+        }
+    }
+    out
+}
+
+fn need_id(raw: &Value) -> Result<String, String> {
+    str_at(raw, &["id"]).ok_or_else(|| "the resource has no `id`".to_string())
+}
+
+fn parse_vm(raw: &Value) -> Result<Vm, String> {
+    let id = need_id(raw)?;
+    let subscription_id = armid::subscription_of(&id)
+        .ok_or_else(|| format!("id {id} has no subscription segment"))?
+        .to_string();
+    let location = str_at(raw, &["location"]).ok_or("the VM has no `location`")?;
+    let md = path(
+        raw,
+        &["properties", "storageProfile", "osDisk", "managedDisk"],
+    );
+    let md_str = |keys: &[&str]| md.and_then(|m| str_at(m, keys));
+    Ok(Vm {
+        key: norm(&id),
+        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
+        resource_group: armid::resource_group_of(&id)
+            .unwrap_or_default()
+            .to_string(),
+        subscription_id,
+        location: norm_location(&location),
+        size: str_at(raw, &["properties", "hardwareProfile", "vmSize"]),
+        security_type: str_at(raw, &["properties", "securityProfile", "securityType"]),
+        os_disk_id: md_str(&["id"]),
+        os_encryption_type: md_str(&["securityProfile", "securityEncryptionType"]),
+        cvm_des_id: md_str(&["securityProfile", "diskEncryptionSet", "id"]),
+        id,
+    })
+}
+
+fn parse_disk(raw: &Value) -> Result<Disk, String> {
+    let id = need_id(raw)?;
+    let mut des_ids: Vec<String> = Vec::new();
+    let secure = str_at(
+        raw,
+        &[
+            "properties",
+            "securityProfile",
+            "secureVMDiskEncryptionSetId",
+        ],
+    );
+    for d in [
+        str_at(raw, &["properties", "encryption", "diskEncryptionSetId"]),
+        secure.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !des_ids.iter().any(|x| armid::same_id(x, &d)) {
+            des_ids.push(d);
+        }
+    }
+    Ok(Disk {
+        managed_by: str_at(raw, &["managedBy"]),
+        security_type: str_at(raw, &["properties", "securityProfile", "securityType"]),
+        secure_des_id: secure,
+        des_ids,
+        id,
+    })
+}
+
+fn parse_des(raw: &Value) -> Result<Des, String> {
+    let id = need_id(raw)?;
+    Ok(Des {
+        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
+        encryption_type: str_at(raw, &["properties", "encryptionType"]),
+        key_url: str_at(raw, &["properties", "activeKey", "keyUrl"]),
+        source_vault_id: str_at(raw, &["properties", "activeKey", "sourceVault", "id"]),
+        id,
+    })
+}
+
+fn parse_rs_vault(raw: &Value) -> Result<RsVault, String> {
+    let id = need_id(raw)?;
+    let location = str_at(raw, &["location"]).ok_or("the vault has no `location`")?;
+    let crr = str_at(
+        raw,
+        &["properties", "redundancySettings", "crossRegionRestore"],
+    )
+    .map(|s| s.eq_ignore_ascii_case("enabled"));
+    Ok(RsVault {
+        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
+        resource_group: armid::resource_group_of(&id)
+            .unwrap_or_default()
+            .to_string(),
+        subscription_id: armid::subscription_of(&id).unwrap_or_default().to_string(),
+        location: norm_location(&location),
+        crr_property: crr,
+        id,
+    })
+}
+
+fn parse_key_vault(raw: &Value) -> Result<KeyVault, String> {
+    let id = need_id(raw)?;
+    let policies = path(raw, &["properties", "accessPolicies"])
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| {
+                    Some(AccessPolicy {
+                        object_id: str_at(p, &["objectId"])?,
+                        application_id: str_at(p, &["applicationId"]),
+                        key_permissions: str_list(path(p, &["permissions", "keys"])),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(KeyVault {
+        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
+        rbac: bool_at(raw, &["properties", "enableRbacAuthorization"]).unwrap_or(false),
+        access_policies: policies,
+        id,
+    })
+}
+
+fn parse_hsm(raw: &Value) -> Result<Hsm, String> {
+    let id = need_id(raw)?;
+    Ok(Hsm {
+        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
+        hsm_uri: str_at(raw, &["properties", "hsmUri"]),
+        id,
+    })
+}
+
+fn parse_policy(raw: &Value) -> Result<Policy, String> {
+    let id = need_id(raw)?;
+    Ok(Policy {
+        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
+        policy_type: str_at(raw, &["properties", "policyType"]),
+        snapshot_consistency: str_at(raw, &["properties", "snapshotConsistencyType"]),
+        id,
+    })
+}
+
+fn parse_item(raw: &Value) -> Result<ProtectedItem, String> {
+    let id = need_id(raw)?;
+    let vm_id = str_at(raw, &["properties", "virtualMachineId"])
+        .or_else(|| str_at(raw, &["properties", "sourceResourceId"]))
+        .ok_or("the protected item has neither `virtualMachineId` nor `sourceResourceId`")?;
+    Ok(ProtectedItem {
+        vm_id,
+        policy_id: str_at(raw, &["properties", "policyId"]),
+        policy_name: str_at(raw, &["properties", "policyName"]),
+        protection_state: str_at(raw, &["properties", "protectionState"]),
+        id,
+    })
+}
+
+fn parse_assignment(raw: &Value) -> Result<RoleAssignment, String> {
+    let id = str_at(raw, &["id"]).unwrap_or_default();
+    Ok(RoleAssignment {
+        principal_id: str_at(raw, &["properties", "principalId"])
+            .ok_or("the role assignment has no `principalId`")?,
+        scope: str_at(raw, &["properties", "scope"]).ok_or("the role assignment has no `scope`")?,
+        role_definition_id: str_at(raw, &["properties", "roleDefinitionId"])
+            .ok_or("the role assignment has no `roleDefinitionId`")?,
+        id,
+    })
+}
+
+fn parse_role_definition(raw: &Value) -> Result<RoleDefinition, String> {
+    let id = str_at(raw, &["id"])
+        .or_else(|| str_at(raw, &["name"]))
+        .ok_or("the role definition has neither `id` nor `name`")?;
+    let perms = path(raw, &["properties", "permissions"])
+        .and_then(Value::as_array)
+        .ok_or("the role definition has no `permissions`")?;
+    Ok(RoleDefinition {
+        guid: armid::role_guid(&id),
+        name: str_at(raw, &["properties", "roleName"]).unwrap_or_else(|| armid::role_guid(&id)),
+        permissions: perms
+            .iter()
+            .map(|p| Permission {
+                data_actions: str_list(field(p, "dataActions")),
+                not_data_actions: str_list(field(p, "notDataActions")),
+            })
+            .collect(),
+    })
+}
+
+fn single<T>(
+    read: Option<&SingleRead>,
+    errors: &mut Vec<ErrorRecord>,
+    parse: impl Fn(&Value) -> Result<T, String>,
+    scope: &str,
+    what: &str,
+) -> Avail<T> {
+    match read {
+        None => Avail::Unknown(format!("{what} of {scope} is not in the snapshot")),
+        Some(r) => {
+            if let Some(e) = &r.error {
+                errors.push(e.clone());
+                return Avail::Unknown(e.short());
+            }
+            match &r.value {
+                Some(v) => match parse(v) {
+                    Ok(t) => Avail::Known(t),
+                    Err(msg) => {
+                        let e = malformed(scope, what, msg);
+                        let reason = e.short();
+                        errors.push(e);
+                        Avail::Unknown(reason)
+                    }
+                },
+                None => Avail::Unknown(format!("{what} of {scope}: not found")),
+            }
+        }
+    }
+}
+
+impl Estate {
+    /// Builds the estate. `principal_override` is `--backup-principal-id`.
+    pub fn from_snapshot(snap: &Snapshot, principal_override: Option<&str>) -> Estate {
+        let mut errors: Vec<ErrorRecord> = Vec::new();
+        let mut subscriptions = Vec::new();
+        let mut vms = Vec::new();
+        for s in &snap.subscriptions {
+            let (data, sub_vms) = Self::build_subscription(s, &mut errors);
+            subscriptions.push(data);
+            vms.extend(sub_vms);
+        }
+        let sub_index = subscriptions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key.clone(), i))
+            .collect();
+
+        let mut vault_details = HashMap::new();
+        let mut protection = HashMap::new();
+        for (vault_id, children) in &snap.vaults {
+            let vkey = norm(vault_id);
+            let storage_crr = single(
+                children.storage_config.as_ref(),
+                &mut errors,
+                |v| Ok(bool_at(v, &["properties", "crossRegionRestoreFlag"])),
+                vault_id,
+                "backup storage config",
+            );
+            let policies = listing(
+                children.policies.as_ref(),
+                vault_id,
+                "backup policies",
+                &mut errors,
+                parse_policy,
+            );
+            let items = listing(
+                children.protected_items.as_ref(),
+                vault_id,
+                "protected items",
+                &mut errors,
+                parse_item,
+            );
+            for item in &items.items {
+                protection
+                    .entry(norm(&item.vm_id))
+                    .or_insert_with(|| (vkey.clone(), item.clone()));
+            }
+            vault_details.insert(
+                vkey,
+                VaultDetail {
+                    storage_crr,
+                    policies,
+                    items,
+                },
+            );
+        }
+
+        let mut kv_role_assignments = HashMap::new();
+        for (kv, read) in &snap.key_vault_role_assignments {
+            kv_role_assignments.insert(
+                norm(kv),
+                listing(
+                    Some(read),
+                    kv,
+                    "role assignments",
+                    &mut errors,
+                    parse_assignment,
+                ),
+            );
+        }
+        let mut role_definitions = HashMap::new();
+        for (rid, read) in &snap.role_definitions {
+            let def = single(
+                Some(read),
+                &mut errors,
+                parse_role_definition,
+                rid,
+                "role definition",
+            );
+            role_definitions.insert(armid::role_guid(rid), def);
+        }
+        let mut hsm_rbac = HashMap::new();
+        for (hsm, data) in &snap.managed_hsms {
+            let assignments = listing(
+                data.role_assignments.as_ref(),
+                hsm,
+                "Managed HSM role assignments",
+                &mut errors,
+                parse_assignment,
+            );
+            let definitions = listing(
+                data.role_definitions.as_ref(),
+                hsm,
+                "Managed HSM role definitions",
+                &mut errors,
+                parse_role_definition,
+            );
+            hsm_rbac.insert(
+                norm(hsm),
+                HsmRbac {
+                    assignments,
+                    definitions,
+                },
+            );
+        }
+
+        let principal = match principal_override {
+            Some(p) if !p.trim().is_empty() => Principal::Known(p.trim().to_string()),
+            _ => match &snap.backup_principal {
+                None => Principal::Unknown(
+                    "the Backup Management Service principal was not looked up".into(),
+                ),
+                Some(r) if r.not_found => Principal::Absent,
+                Some(r) => match (&r.error, &r.value) {
+                    (Some(e), _) => {
+                        errors.push(e.clone());
+                        Principal::Unknown(e.short())
+                    }
+                    (None, Some(v)) => match str_at(v, &["id"]) {
+                        Some(id) => Principal::Known(id),
+                        None => Principal::Unknown(
+                            "the Graph answer for the Backup Management Service has no `id`".into(),
+                        ),
+                    },
+                    (None, None) => Principal::Unknown(
+                        "the Backup Management Service lookup has no answer in the snapshot".into(),
+                    ),
+                },
+            },
+        };
+
+        errors.extend(snap.errors.iter().cloned());
+
+        let mut des_usage: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let mut disk_index = HashMap::new();
+        for (si, s) in subscriptions.iter().enumerate() {
+            for (di, d) in s.disks.items.iter().enumerate() {
+                disk_index.insert(norm(&d.id), (si, di));
+            }
+            for d in s.disks.items.iter().chain(s.snapshots.items.iter()) {
+                for des in &d.des_ids {
+                    des_usage.entry(norm(des)).or_default().insert(norm(&d.id));
+                }
+            }
+        }
+
+        // Deduplicate errors while keeping their first order.
+        let mut seen = BTreeSet::new();
+        errors.retain(|e| {
+            seen.insert((
+                e.scope.to_ascii_lowercase(),
+                e.operation.clone(),
+                e.status,
+                e.code.clone(),
+                e.message.clone(),
+            ))
+        });
+
+        Estate {
+            subscriptions,
+            vms,
+            errors,
+            principal,
+            sub_index,
+            vault_details,
+            kv_role_assignments,
+            role_definitions,
+            hsm_rbac,
+            des_usage,
+            protection,
+            disk_index,
+        }
+    }
+
+    fn build_subscription(
+        s: &SubscriptionSnapshot,
+        errors: &mut Vec<ErrorRecord>,
+    ) -> (SubscriptionData, Vec<Vm>) {
+        let scope = format!("/subscriptions/{}", s.subscription_id);
+        let key = s.subscription_id.trim().to_ascii_lowercase();
+        if let Some(e) = &s.error {
+            // The subscription itself is unreadable: every list is missing for that reason.
+            errors.push(e.clone());
+            let reason = e.short();
+            fn missing<T>(reason: &str) -> Listing<T> {
+                Listing {
+                    items: Vec::new(),
+                    missing: Some(reason.to_string()),
+                }
+            }
+            let data = SubscriptionData {
+                id: s.subscription_id.clone(),
+                key,
+                display_name: s.display_name.clone(),
+                vm_list_missing: Some(reason.clone()),
+                disks: missing(&reason),
+                snapshots: missing(&reason),
+                des: missing(&reason),
+                vaults: missing(&reason),
+                key_vaults: missing(&reason),
+                hsms: missing(&reason),
+                features: HashMap::new(),
+            };
+            return (data, Vec::new());
+        }
+        let vm_listing = listing(
+            s.virtual_machines.as_ref(),
+            &scope,
+            "virtual machines",
+            errors,
+            parse_vm,
+        );
+        let features = s
+            .features
+            .iter()
+            .map(|(name, read)| {
+                let state = single(
+                    Some(read),
+                    errors,
+                    |v| {
+                        str_at(v, &["properties", "state"])
+                            .ok_or_else(|| "the feature has no `properties.state`".to_string())
+                    },
+                    &format!("{scope}/providers/Microsoft.Features/providers/{name}"),
+                    "feature registration",
+                );
+                (name.to_ascii_lowercase(), state)
+            })
+            .collect();
+        let data = SubscriptionData {
+            id: s.subscription_id.clone(),
+            key,
+            display_name: s.display_name.clone(),
+            vm_list_missing: vm_listing.missing.clone(),
+            disks: listing(s.disks.as_ref(), &scope, "disks", errors, parse_disk),
+            snapshots: listing(
+                s.snapshots.as_ref(),
+                &scope,
+                "snapshots",
+                errors,
+                parse_disk,
+            ),
+            des: listing(
+                s.disk_encryption_sets.as_ref(),
+                &scope,
+                "disk encryption sets",
+                errors,
+                parse_des,
+            ),
+            vaults: listing(
+                s.recovery_services_vaults.as_ref(),
+                &scope,
+                "recovery services vaults",
+                errors,
+                parse_rs_vault,
+            ),
+            key_vaults: listing(
+                s.key_vaults.as_ref(),
+                &scope,
+                "key vaults",
+                errors,
+                parse_key_vault,
+            ),
+            hsms: listing(
+                s.managed_hsms.as_ref(),
+                &scope,
+                "managed HSMs",
+                errors,
+                parse_hsm,
+            ),
+            features,
+        };
+        (data, vm_listing.items)
+    }
+
+    // ---- lookups used by the rules ---------------------------------------------------------
+
+    pub fn subscription(&self, id: &str) -> Option<&SubscriptionData> {
+        self.sub_index
+            .get(&id.trim().to_ascii_lowercase())
+            .map(|&i| &self.subscriptions[i])
+    }
+
+    /// Finds a resource by id in the listing of its subscription chosen by `pick`.
+    fn lookup<'a, T>(
+        &'a self,
+        id: &str,
+        what: &str,
+        pick: impl Fn(&'a SubscriptionData) -> &'a Listing<T>,
+        id_of: impl Fn(&T) -> &str,
+    ) -> Lookup<'a, T> {
+        let Some(sub) = armid::subscription_of(id).and_then(|s| self.subscription(s)) else {
+            return Lookup::Unknown(format!(
+                "{what} {id} is in a subscription that was not read"
+            ));
+        };
+        let l = pick(sub);
+        if let Some(t) = l.items.iter().find(|t| armid::same_id(id_of(t), id)) {
+            return Lookup::Found(t);
+        }
+        match &l.missing {
+            Some(r) => Lookup::Unknown(r.clone()),
+            None => Lookup::NotFound,
+        }
+    }
+
+    pub fn des(&self, id: &str) -> Lookup<'_, Des> {
+        self.lookup(id, "disk encryption set", |s| &s.des, |d| &d.id)
+    }
+
+    pub fn disk(&self, id: &str) -> Lookup<'_, Disk> {
+        if let Some(&(si, di)) = self.disk_index.get(&norm(id)) {
+            return Lookup::Found(&self.subscriptions[si].disks.items[di]);
+        }
+        self.lookup(id, "disk", |s| &s.disks, |d| &d.id)
+    }
+
+    pub fn key_vault_by_id(&self, id: &str) -> Lookup<'_, KeyVault> {
+        self.lookup(id, "key vault", |s| &s.key_vaults, |k| &k.id)
+    }
+
+    /// A Key Vault by name, searched in every subscription read.
+    pub fn key_vault_by_name(&self, name: &str) -> Lookup<'_, KeyVault> {
+        self.by_name(name, "key vault", |s| &s.key_vaults, |k| &k.name)
+    }
+
+    pub fn hsm_by_name(&self, name: &str) -> Lookup<'_, Hsm> {
+        self.by_name(name, "managed HSM", |s| &s.hsms, |h| &h.name)
+    }
+
+    fn by_name<'a, T>(
+        &'a self,
+        name: &str,
+        what: &str,
+        pick: impl Fn(&'a SubscriptionData) -> &'a Listing<T>,
+        name_of: impl Fn(&T) -> &str,
+    ) -> Lookup<'a, T> {
+        let mut missing = None;
+        for s in &self.subscriptions {
+            let l = pick(s);
+            if let Some(t) = l
+                .items
+                .iter()
+                .find(|t| name_of(t).eq_ignore_ascii_case(name))
+            {
+                return Lookup::Found(t);
+            }
+            if let Some(r) = &l.missing {
+                missing.get_or_insert_with(|| r.clone());
+            }
+        }
+        match missing {
+            Some(r) => Lookup::Unknown(r),
+            None => Lookup::Unknown(format!(
+                "{what} {name} is not in any subscription read (it may be in a subscription outside the scope)"
+            )),
+        }
+    }
+
+    /// Disks and snapshots encrypted with a DES, and whether every disk and snapshot list
+    /// was read completely (else the count is a lower bound).
+    pub fn des_usage(&self, des_id: &str) -> (usize, Option<String>) {
+        let n = self.des_usage.get(&norm(des_id)).map_or(0, BTreeSet::len);
+        let missing = self.subscriptions.iter().find_map(|s| {
+            s.disks
+                .missing
+                .clone()
+                .or_else(|| s.snapshots.missing.clone())
+        });
+        (n, missing)
+    }
+
+    pub fn vault_detail(&self, vault_id: &str) -> Option<&VaultDetail> {
+        self.vault_details.get(&norm(vault_id))
+    }
+
+    /// The vault with this id, from its subscription's vault list.
+    pub fn rs_vault(&self, id: &str) -> Lookup<'_, RsVault> {
+        self.lookup(id, "recovery services vault", |s| &s.vaults, |v| &v.id)
+    }
+
+    pub fn protection(&self, vm: &Vm) -> Protection<'_> {
+        if let Some((vkey, item)) = self.protection.get(&vm.key) {
+            let vault = match self.rs_vault(vkey) {
+                Lookup::Found(v) => Some(v),
+                _ => None,
+            };
+            return Protection::Protected {
+                vault_key: vkey,
+                vault,
+                item,
+            };
+        }
+        let Some(sub) = self.subscription(&vm.subscription_id) else {
+            return Protection::Unknown(format!(
+                "subscription {} was not read",
+                vm.subscription_id
+            ));
+        };
+        if let Some(r) = &sub.vaults.missing {
+            return Protection::Unknown(r.clone());
+        }
+        for v in &sub.vaults.items {
+            match self.vault_detail(&v.id) {
+                None => {
+                    return Protection::Unknown(format!(
+                        "the protected items of vault {} are not in the snapshot",
+                        v.name
+                    ))
+                }
+                Some(d) => {
+                    if let Some(r) = &d.items.missing {
+                        return Protection::Unknown(r.clone());
+                    }
+                }
+            }
+        }
+        Protection::NotProtected
+    }
+
+    /// Cross-region restore of a vault: enabled when any source says so.
+    pub fn vault_crr(&self, v: &RsVault) -> Avail<bool> {
+        let storage = self.vault_detail(&v.id).map(|d| &d.storage_crr);
+        match (v.crr_property, storage) {
+            (Some(true), _) | (_, Some(Avail::Known(Some(true)))) => Avail::Known(true),
+            (Some(false), _) | (None, Some(Avail::Known(Some(false)))) => Avail::Known(false),
+            (None, Some(Avail::Unknown(r))) => Avail::Unknown(r.clone()),
+            (None, Some(Avail::Known(None))) => Avail::Unknown(format!(
+                "vault {} reports no cross-region restore setting",
+                v.name
+            )),
+            (None, None) => Avail::Unknown(format!(
+                "the storage config of vault {} is not in the snapshot",
+                v.name
+            )),
+        }
+    }
+
+    pub fn key_vault_role_assignments(&self, kv_id: &str) -> Option<&Listing<RoleAssignment>> {
+        self.kv_role_assignments.get(&norm(kv_id))
+    }
+
+    pub fn role_definition(&self, role_definition_id: &str) -> Option<&Avail<RoleDefinition>> {
+        self.role_definitions
+            .get(&armid::role_guid(role_definition_id))
+    }
+
+    pub fn hsm_rbac(&self, hsm_id: &str) -> Option<&HsmRbac> {
+        self.hsm_rbac.get(&norm(hsm_id))
+    }
+
+    /// Feature state in a subscription: `None` when the subscription was not read.
+    pub fn feature(&self, subscription_id: &str, feature: &str) -> Avail<String> {
+        match self.subscription(subscription_id) {
+            None => Avail::Unknown(format!("subscription {subscription_id} was not read")),
+            Some(s) => s
+                .features
+                .get(&feature.to_ascii_lowercase())
+                .cloned()
+                .unwrap_or_else(|| {
+                    Avail::Unknown(format!(
+                        "the state of feature {feature} in subscription {subscription_id} was not read"
+                    ))
+                }),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Renderers: one report, many formats. Renderers never decide outcomes.
+
+pub mod json_v1;
+pub mod table;
+
+use std::io::Write;
+use std::path::Path;
+
+/// Writes a rendered document to `--output FILE` or stdout.
+pub fn emit(text: &str, output: Option<&Path>) -> std::io::Result<()> {
+    match output {
+        Some(p) => std::fs::write(p, text),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()
+        }
+    }
+}
+
+/// A one-line diagnostic on stderr ("warning: ...", "error: ...").
+pub fn diag(level: &str, msg: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{level}: {msg}");
+}
+
+use crate::rules::RuleMeta;
+
+/// `cvm-backup rules` as a table.
+pub fn rules_table(rs: &crate::ruleset::Ruleset) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .force_no_tty()
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(vec!["REF", "NAME", "SEVERITY", "SUMMARY"]);
+    for r in crate::rules::all() {
+        let m = r.meta();
+        t.add_row(vec![m.reference, m.name, m.severity.as_str(), m.summary]);
+    }
+    let mut out = format!(
+        "Ruleset {} (support matrix of {}): regions {}; DES limit {}\n\n",
+        rs.name,
+        rs.as_of,
+        rs.regions.join(", "),
+        rs.des_disk_limit
+    );
+    for line in t.lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `cvm-backup explain RULE`.
+pub fn explain(m: &RuleMeta) -> String {
+    format!(
+        "{} {} ({})\n\n{}\n\n{}\n\nMore: {}\n",
+        m.reference,
+        m.name,
+        m.severity.as_str(),
+        m.summary,
+        m.docs,
+        m.docs_url
+    )
+}
+
+/// What `cvm-backup init` writes.
+pub const CONFIG_TEMPLATE: &str = include_str!("../../docs/cvm-backup.example.toml");

@@ -1,0 +1,90 @@
+//! CVMB009 des-disk-limit: the VM's confidential DES encrypts fewer disks and snapshots than the limit.
+
+use super::{sh, Cx, Finding, Rule, RuleMeta, Severity};
+use crate::estate::{Lookup, Vm};
+
+pub struct DesDiskLimit;
+
+static META: RuleMeta = RuleMeta {
+    reference: "CVMB009",
+    name: "des-disk-limit",
+    severity: Severity::Warning,
+    summary: "The VM's confidential disk encryption set encrypts fewer disks and snapshots than the ruleset's limit.",
+    docs: "\
+Known issue of the preview: when many disks with restore points share one disk encryption set \
+(DES), key rotation may fail or be slow. Snapshots taken outside Azure Backup on the same DES lower \
+the threshold. The ruleset holds the limit (`2026-01`: 40, `2026-07`: 6000); \
+`[limits] des_disk_limit` overrides it.
+
+The rule counts the managed disks and snapshots whose `encryption.diskEncryptionSetId` or \
+`securityProfile.secureVMDiskEncryptionSetId` is the VM's confidential DES, across every \
+subscription read. It passes below the limit. A VM with no confidential DES (platform-managed \
+keys) is `skipped`. When a disk or snapshot list could not be read the count is only a lower \
+bound: the rule fails if that bound already reaches the limit, else it is `unknown`.
+
+Fix: keep disks per DES minimal, e.g. create another confidential DES for new VMs, and delete \
+snapshots of those disks that are no longer needed.",
+    docs_url: "https://learn.microsoft.com/azure/backup/confidential-vm-backup",
+    subscription_scoped: false,
+};
+
+/// The VM's confidential DES: from the VM payload, else from its OS disk resource.
+pub(crate) fn cvm_des(cx: &Cx, vm: &Vm) -> Option<String> {
+    vm.cvm_des_id.clone().or_else(|| {
+        let disk = vm.os_disk_id.as_deref()?;
+        match cx.estate.disk(disk) {
+            Lookup::Found(d) => d.secure_des_id.clone(),
+            _ => None,
+        }
+    })
+}
+
+impl Rule for DesDiskLimit {
+    fn meta(&self) -> &'static RuleMeta {
+        &META
+    }
+
+    fn check_vm(&self, cx: &Cx, vm: &Vm) -> Finding {
+        let Some(des) = cvm_des(cx, vm) else {
+            return Finding::skipped("no confidential disk encryption set (platform-managed key)");
+        };
+        let limit = cx.settings.des_disk_limit;
+        let (count, missing) = cx.estate.des_usage(&des);
+        let count_u = count as u64;
+        let f = if count_u >= limit {
+            let des_name = crate::armid::name_of(&des);
+            let rg = crate::armid::resource_group_of(&des).unwrap_or_default();
+            Finding::fail(format!(
+                "disk encryption set {des_name} encrypts {count}{} disks and snapshots; the limit is fewer than {limit} (key rotation may fail or be slow)",
+                if missing.is_some() { " or more" } else { "" }
+            ))
+            .fix(
+                "Spread confidential disks over more disk encryption sets (new VMs on a new confidential DES) and delete snapshots on this DES that are no longer needed.",
+                vec![
+                    format!(
+                        "az snapshot list --subscription {} --query \"[?encryption.diskEncryptionSetId=='{des}'].id\" --output tsv",
+                        sh(&vm.subscription_id)
+                    ),
+                    format!(
+                        "az disk-encryption-set create --resource-group {} --name {} --location {} --encryption-type ConfidentialVmEncryptedWithCustomerKey --key-url <key-url> --source-vault <key-vault-id> --subscription {}",
+                        sh(rg),
+                        sh(&format!("{des_name}-2")),
+                        sh(&vm.location),
+                        sh(&vm.subscription_id)
+                    ),
+                ],
+            )
+        } else if let Some(r) = missing {
+            Finding::unknown(format!(
+                "at least {count} disks and snapshots use the disk encryption set, but a disk or snapshot list could not be read: {r}"
+            ))
+        } else {
+            Finding::pass(format!(
+                "{count} disks and snapshots use the disk encryption set (limit: fewer than {limit})"
+            ))
+        };
+        f.with("disk_encryption_set", des)
+            .with("disks_and_snapshots", count)
+            .with("limit", limit)
+    }
+}
