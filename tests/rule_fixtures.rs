@@ -39,7 +39,13 @@ fn outcome_of(rule: &str, path: &Path) -> String {
         settings.opt_out_features = vec![OPT_OUT.to_string()];
     }
     let policy = Policy::new(datetime!(2026-11-28 20:00 UTC).date());
-    let eval = evaluate(&estate, &settings, &policy, &Scope::default(), datetime!(2026-11-28 20:00 UTC));
+    let eval = evaluate(
+        &estate,
+        &settings,
+        &policy,
+        &Scope::default(),
+        datetime!(2026-11-28 20:00 UTC),
+    );
     let vm = eval
         .report
         .vms
@@ -57,14 +63,21 @@ fn outcome_of(rule: &str, path: &Path) -> String {
 #[test]
 fn every_rule_fixture_gives_the_outcome_in_its_name() {
     let files = fixture_files();
-    assert!(files.len() >= 33, "expected fixtures for every rule, found {}", files.len());
+    assert!(
+        files.len() >= 33,
+        "expected fixtures for every rule, found {}",
+        files.len()
+    );
     let mut failures = Vec::new();
     for (rule, path) in &files {
         let stem = path.file_stem().unwrap().to_string_lossy();
         let expected = stem.split('-').next().unwrap();
         let got = outcome_of(rule, path);
         if got != expected {
-            failures.push(format!("{}: expected {expected}, got {got}", path.display()));
+            failures.push(format!(
+                "{}: expected {expected}, got {got}",
+                path.display()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
