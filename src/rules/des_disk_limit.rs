@@ -88,3 +88,13 @@ impl Rule for DesDiskLimit {
             .with("limit", limit)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&DesDiskLimit) >= 3);
+    }
+}
