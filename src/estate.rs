@@ -215,8 +215,32 @@ pub struct Estate {
     des_usage: HashMap<String, BTreeSet<String>>,
     /// VM key -> (vault key, item).
     protection: HashMap<String, (String, ProtectedItem)>,
-    /// Disk key -> (subscription index, disk index).
-    disk_index: HashMap<String, (usize, usize)>,
+    /// Normalised id (or lower-case name) -> (subscription index, item index), per kind.
+    disk_index: Index,
+    des_index: Index,
+    vault_index: Index,
+    kv_index: Index,
+    kv_names: Index,
+    hsm_names: Index,
+    /// Why some disk or snapshot list is incomplete, if one is.
+    disk_lists_missing: Option<String>,
+}
+
+type Index = HashMap<String, (usize, usize)>;
+
+/// Indexes one kind of resource of every subscription by a key.
+fn index_of<T>(
+    subs: &[SubscriptionData],
+    pick: impl Fn(&SubscriptionData) -> &Listing<T>,
+    key: impl Fn(&T) -> String,
+) -> Index {
+    let mut idx = HashMap::new();
+    for (si, s) in subs.iter().enumerate() {
+        for (i, t) in pick(s).items.iter().enumerate() {
+            idx.entry(key(t)).or_insert((si, i));
+        }
+    }
+    idx
 }
 
 /// Result of looking up one resource by id.
@@ -994,17 +1018,29 @@ impl Estate {
         errors.extend(snap.errors.iter().cloned());
 
         let mut des_usage: HashMap<String, BTreeSet<String>> = HashMap::new();
-        let mut disk_index = HashMap::new();
-        for (si, s) in subscriptions.iter().enumerate() {
-            for (di, d) in s.disks.items.iter().enumerate() {
-                disk_index.insert(norm(&d.id), (si, di));
-            }
+        for s in &subscriptions {
             for d in s.disks.items.iter().chain(s.snapshots.items.iter()) {
                 for des in &d.des_ids {
                     des_usage.entry(norm(des)).or_default().insert(norm(&d.id));
                 }
             }
         }
+        let disk_index = index_of(&subscriptions, |s| &s.disks, |d| norm(&d.id));
+        let des_index = index_of(&subscriptions, |s| &s.des, |d| norm(&d.id));
+        let vault_index = index_of(&subscriptions, |s| &s.vaults, |v| norm(&v.id));
+        let kv_index = index_of(&subscriptions, |s| &s.key_vaults, |k| norm(&k.id));
+        let kv_names = index_of(
+            &subscriptions,
+            |s| &s.key_vaults,
+            |k| k.name.to_ascii_lowercase(),
+        );
+        let hsm_names = index_of(&subscriptions, |s| &s.hsms, |h| h.name.to_ascii_lowercase());
+        let disk_lists_missing = subscriptions.iter().find_map(|s| {
+            s.disks
+                .missing
+                .clone()
+                .or_else(|| s.snapshots.missing.clone())
+        });
 
         // Deduplicate errors while keeping their first order.
         let mut seen = BTreeSet::new();
@@ -1031,6 +1067,12 @@ impl Estate {
             des_usage,
             protection,
             disk_index,
+            des_index,
+            vault_index,
+            kv_index,
+            kv_names,
+            hsm_names,
+            disk_lists_missing,
         }
     }
 
@@ -1138,75 +1180,61 @@ impl Estate {
             .map(|&i| &self.subscriptions[i])
     }
 
-    /// Finds a resource by id in the listing of its subscription chosen by `pick`.
+    /// Finds a resource by id through `index`; a miss is `NotFound` only when the listing of
+    /// its subscription (chosen by `pick`) was read completely.
     fn lookup<'a, T>(
         &'a self,
         id: &str,
         what: &str,
+        index: &Index,
         pick: impl Fn(&'a SubscriptionData) -> &'a Listing<T>,
-        id_of: impl Fn(&T) -> &str,
     ) -> Lookup<'a, T> {
+        if let Some(&(si, i)) = index.get(&norm(id)) {
+            return Lookup::Found(&pick(&self.subscriptions[si]).items[i]);
+        }
         let Some(sub) = armid::subscription_of(id).and_then(|s| self.subscription(s)) else {
             return Lookup::Unknown(format!(
                 "{what} {id} is in a subscription that was not read"
             ));
         };
-        let l = pick(sub);
-        if let Some(t) = l.items.iter().find(|t| armid::same_id(id_of(t), id)) {
-            return Lookup::Found(t);
-        }
-        match &l.missing {
+        match &pick(sub).missing {
             Some(r) => Lookup::Unknown(r.clone()),
             None => Lookup::NotFound,
         }
     }
 
     pub fn des(&self, id: &str) -> Lookup<'_, Des> {
-        self.lookup(id, "disk encryption set", |s| &s.des, |d| &d.id)
+        self.lookup(id, "disk encryption set", &self.des_index, |s| &s.des)
     }
 
     pub fn disk(&self, id: &str) -> Lookup<'_, Disk> {
-        if let Some(&(si, di)) = self.disk_index.get(&norm(id)) {
-            return Lookup::Found(&self.subscriptions[si].disks.items[di]);
-        }
-        self.lookup(id, "disk", |s| &s.disks, |d| &d.id)
+        self.lookup(id, "disk", &self.disk_index, |s| &s.disks)
     }
 
     pub fn key_vault_by_id(&self, id: &str) -> Lookup<'_, KeyVault> {
-        self.lookup(id, "key vault", |s| &s.key_vaults, |k| &k.id)
+        self.lookup(id, "key vault", &self.kv_index, |s| &s.key_vaults)
     }
 
     /// A Key Vault by name, searched in every subscription read.
     pub fn key_vault_by_name(&self, name: &str) -> Lookup<'_, KeyVault> {
-        self.by_name(name, "key vault", |s| &s.key_vaults, |k| &k.name)
+        self.by_name(name, "key vault", &self.kv_names, |s| &s.key_vaults)
     }
 
     pub fn hsm_by_name(&self, name: &str) -> Lookup<'_, Hsm> {
-        self.by_name(name, "managed HSM", |s| &s.hsms, |h| &h.name)
+        self.by_name(name, "managed HSM", &self.hsm_names, |s| &s.hsms)
     }
 
     fn by_name<'a, T>(
         &'a self,
         name: &str,
         what: &str,
+        index: &Index,
         pick: impl Fn(&'a SubscriptionData) -> &'a Listing<T>,
-        name_of: impl Fn(&T) -> &str,
     ) -> Lookup<'a, T> {
-        let mut missing = None;
-        for s in &self.subscriptions {
-            let l = pick(s);
-            if let Some(t) = l
-                .items
-                .iter()
-                .find(|t| name_of(t).eq_ignore_ascii_case(name))
-            {
-                return Lookup::Found(t);
-            }
-            if let Some(r) = &l.missing {
-                missing.get_or_insert_with(|| r.clone());
-            }
+        if let Some(&(si, i)) = index.get(&name.to_ascii_lowercase()) {
+            return Lookup::Found(&pick(&self.subscriptions[si]).items[i]);
         }
-        match missing {
+        match self.subscriptions.iter().find_map(|s| pick(s).missing.clone()) {
             Some(r) => Lookup::Unknown(r),
             None => Lookup::Unknown(format!(
                 "{what} {name} is not in any subscription read (it may be in a subscription outside the scope)"
@@ -1218,13 +1246,7 @@ impl Estate {
     /// was read completely (else the count is a lower bound).
     pub fn des_usage(&self, des_id: &str) -> (usize, Option<String>) {
         let n = self.des_usage.get(&norm(des_id)).map_or(0, BTreeSet::len);
-        let missing = self.subscriptions.iter().find_map(|s| {
-            s.disks
-                .missing
-                .clone()
-                .or_else(|| s.snapshots.missing.clone())
-        });
-        (n, missing)
+        (n, self.disk_lists_missing.clone())
     }
 
     pub fn vault_detail(&self, vault_id: &str) -> Option<&VaultDetail> {
@@ -1233,7 +1255,9 @@ impl Estate {
 
     /// The vault with this id, from its subscription's vault list.
     pub fn rs_vault(&self, id: &str) -> Lookup<'_, RsVault> {
-        self.lookup(id, "recovery services vault", |s| &s.vaults, |v| &v.id)
+        self.lookup(id, "recovery services vault", &self.vault_index, |s| {
+            &s.vaults
+        })
     }
 
     pub fn protection(&self, vm: &Vm) -> Protection<'_> {

@@ -348,35 +348,49 @@ fn parse<'a, I: Deserialize<'a>>(
         path: path.to_string(),
         msg,
     };
-    // First the syntax and the schema, so a wrong file is named as such before its structure.
+    // One pass in the usual case; only a failure pays for a second pass that names the first
+    // problem a person should fix (syntax, then the top level, then the schema, then structure).
+    let snap: Snapshot<I> = match serde_json::from_slice(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            diagnose(bytes, path)?;
+            return Err(invalid(e.to_string()));
+        }
+    };
+    if snap.schema != SNAPSHOT_SCHEMA {
+        return Err(SnapshotError::WrongSchema {
+            path: path.to_string(),
+            found: snap.schema,
+        });
+    }
+    validate(&snap, path)?;
+    Ok(snap)
+}
+
+/// Why a document that failed to parse as a snapshot is wrong, in the order a person would
+/// fix it. Returns `Ok(())` when only the structure is wrong.
+fn diagnose(bytes: &[u8], path: &str) -> Result<(), SnapshotError> {
+    let invalid = |msg: String| SnapshotError::Invalid {
+        path: path.to_string(),
+        msg,
+    };
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| json_error(&e, path))?;
         return Err(invalid("the top level is not a JSON object".into()));
     }
-    let probe: SchemaProbe = serde_json::from_slice(bytes).map_err(|e| {
-        if e.is_data() {
-            invalid("the top level is not a JSON object".into())
-        } else {
-            json_error(&e, path)
-        }
-    })?;
+    let probe: SchemaProbe = serde_json::from_slice(bytes).map_err(|e| json_error(&e, path))?;
     match probe.schema {
-        None => return Err(invalid("missing required field `schema`".into())),
-        Some(Value::String(s)) if s == SNAPSHOT_SCHEMA => {}
-        Some(other) => {
-            return Err(SnapshotError::WrongSchema {
-                path: path.to_string(),
-                found: match other {
-                    Value::String(s) => s,
-                    v => v.to_string(),
-                },
-            })
-        }
+        None => Err(invalid("missing required field `schema`".into())),
+        Some(Value::String(s)) if s == SNAPSHOT_SCHEMA => Ok(()),
+        Some(other) => Err(SnapshotError::WrongSchema {
+            path: path.to_string(),
+            found: match other {
+                Value::String(s) => s,
+                v => v.to_string(),
+            },
+        }),
     }
-    let snap: Snapshot<I> = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-    validate(&snap, path)?;
-    Ok(snap)
 }
 
 fn validate<I>(snap: &Snapshot<I>, path: &str) -> Result<(), SnapshotError> {
