@@ -134,3 +134,13 @@ impl Rule for BackupPolicy {
             .with_opt("snapshot_consistency_type", p.snapshot_consistency.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&BackupPolicy) >= 3);
+    }
+}

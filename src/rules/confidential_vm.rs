@@ -47,6 +47,11 @@ impl Rule for ConfidentialVm {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&ConfidentialVm) >= 3);
+    }
+
     use super::*;
     use crate::rules::testutil::*;
     use crate::rules::Outcome;

@@ -87,3 +87,13 @@ impl Rule for CvmV2OptOut {
             .with("subscription_id", subscription_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&CvmV2OptOut) >= 3);
+    }
+}

@@ -55,7 +55,7 @@ impl Rule for DesDiskLimit {
             let des_name = crate::armid::name_of(&des);
             let rg = crate::armid::resource_group_of(&des).unwrap_or_default();
             Finding::fail(format!(
-                "disk encryption set {des_name} encrypts {count}{} disks and snapshots; the limit is fewer than {limit} (key rotation may fail or be slow)",
+                "disk encryption set {des_name} encrypts {count}{} disks and snapshots, at or over the limit of {limit}: key rotation may fail or be slow",
                 if missing.is_some() { " or more" } else { "" }
             ))
             .fix(
@@ -86,5 +86,15 @@ impl Rule for DesDiskLimit {
         f.with("disk_encryption_set", des)
             .with("disks_and_snapshots", count)
             .with("limit", limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&DesDiskLimit) >= 3);
     }
 }

@@ -566,6 +566,11 @@ fn assignee_args(p: &Principal) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&KeyAccess) >= 3);
+    }
+
     use super::*;
 
     #[test]

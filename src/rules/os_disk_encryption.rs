@@ -101,3 +101,13 @@ impl Rule for OsDiskEncryption {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&OsDiskEncryption) >= 3);
+    }
+}

@@ -102,3 +102,13 @@ impl Rule for PreviewFeatureRegistered {
             .with("subscription_id", subscription_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&PreviewFeatureRegistered) >= 3);
+    }
+}

@@ -59,3 +59,13 @@ impl Rule for RegionSupported {
             .with("ruleset", cx.settings.ruleset_name.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&RegionSupported) >= 3);
+    }
+}

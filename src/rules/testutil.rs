@@ -67,3 +67,60 @@ pub fn run(rule: &dyn Rule, e: &Estate) -> Finding {
     };
     rule.check_vm(&cx, &e.vms[0])
 }
+
+/// Runs one rule over its fixtures (tests/fixtures/rules/<name>/<outcome>[-variant].json) and
+/// asserts each file's outcome for `vm-under-test`; returns how many files were checked.
+pub fn check_fixtures(rule: &dyn Rule) -> usize {
+    let name = rule.meta().name;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/rules")
+        .join(name);
+    let mut n = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let path = f.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        let expected = stem.split('-').next().unwrap().to_string();
+        let snap = Snapshot::load(&path).unwrap();
+        let estate = Estate::from_snapshot(&snap, None);
+        let mut s = settings();
+        if name == "cvm-v2-opt-out" && stem != "skipped" {
+            s.opt_out_features = vec!["Microsoft.Compute/ExampleCvmV2OptOut".into()];
+        }
+        let cx = Cx {
+            estate: &estate,
+            settings: &s,
+        };
+        let vm = estate
+            .vms
+            .iter()
+            .find(|v| v.name == "vm-under-test")
+            .unwrap_or_else(|| panic!("{stem}: no vm-under-test"));
+        let f = rule.check_vm(&cx, vm);
+        assert_eq!(
+            f.outcome.as_str(),
+            expected,
+            "{name}/{stem}.json: {}",
+            f.message
+        );
+        assert!(!f.message.is_empty(), "{name}/{stem}.json: empty message");
+        if f.outcome == super::Outcome::Fail
+            && rule.meta().severity != super::Severity::Precondition
+        {
+            assert!(
+                f.remediation.is_some(),
+                "{name}/{stem}.json: a failure without a fix"
+            );
+        }
+        seen.insert(expected);
+        n += 1;
+    }
+    assert!(
+        seen.contains("pass") && seen.contains("fail"),
+        "{name}: needs pass and fail fixtures"
+    );
+    n
+}

@@ -130,3 +130,13 @@ impl Rule for VaultCrossRegionRestore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&VaultCrossRegionRestore) >= 3);
+    }
+}

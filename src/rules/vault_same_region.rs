@@ -130,3 +130,13 @@ impl Rule for VaultSameRegion {
             .with("vaults_in_region", names)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&VaultSameRegion) >= 3);
+    }
+}

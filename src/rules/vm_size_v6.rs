@@ -163,6 +163,11 @@ impl Rule for VmSizeV6 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fixtures() {
+        assert!(crate::rules::testutil::check_fixtures(&VmSizeV6) >= 3);
+    }
+
     use super::*;
 
     #[test]
