@@ -217,18 +217,14 @@ impl Validator<'_> {
         self.error(span, format!("key `{key}`: {what}"));
     }
 
-    fn unknown_keys(&mut self, table: &dyn TableLike, prefix: &str, allowed: &[&str]) {
+    /// Every key of `table` not in `allowed` is an error; `place` says where ("in [limits]").
+    fn unknown_keys(&mut self, table: &dyn TableLike, prefix: &str, place: &str, allowed: &[&str]) {
         for (name, _) in table.iter() {
             if allowed.contains(&name) {
                 continue;
             }
             let span = table.key(name).and_then(Key::span);
             let path = join(prefix, name);
-            let place = if prefix.is_empty() {
-                "at the top level".to_string()
-            } else {
-                format!("in [{prefix}]")
-            };
             self.key_error(
                 span,
                 &path,
@@ -313,7 +309,7 @@ impl Validator<'_> {
             file: self.file.to_string(),
             ..Config::default()
         };
-        self.unknown_keys(root, "", TOP_KEYS);
+        self.unknown_keys(root, "", "at the top level", TOP_KEYS);
 
         if let Some((name, span)) = self.string(root, "ruleset", "ruleset") {
             if ruleset::load(name).is_ok() {
@@ -387,7 +383,7 @@ impl Validator<'_> {
     }
 
     fn limits(&mut self, t: &dyn TableLike, cfg: &mut Config) {
-        self.unknown_keys(t, "limits", LIMIT_KEYS);
+        self.unknown_keys(t, "limits", "in [limits]", LIMIT_KEYS);
         if let Some(regions) = self.string_array(t, "regions", "limits.regions") {
             let mut out = Vec::new();
             let mut bad = false;
@@ -469,7 +465,7 @@ impl Validator<'_> {
             let Some(rt) = self.table(item, &path) else {
                 continue;
             };
-            self.unknown_keys(rt, &path, RULE_KEYS);
+            self.unknown_keys(rt, &path, &format!("in [{path}]"), RULE_KEYS);
             let mut ov = RuleOverride::default();
             if let Some(sev) = rt.get("severity") {
                 let sp = format!("{path}.severity");
@@ -563,7 +559,7 @@ impl Validator<'_> {
             let line = self.line_of(span.clone());
             let origin = format!("{}:{line}", self.file);
             let prefix = format!("waiver[{n}]");
-            self.unknown_keys(t, &prefix, WAIVER_KEYS);
+            self.unknown_keys(t, &prefix, &format!("in [[waiver]] #{n}"), WAIVER_KEYS);
             let errors_before = self.errors.len();
             let mut missing = Vec::new();
             for k in WAIVER_KEYS {

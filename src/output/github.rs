@@ -1,10 +1,13 @@
 //! GitHub Actions workflow commands: one `::error` / `::warning` / `::notice` annotation per
 //! failing or unknown VM × rule (level as in [`super::problem_level`]), one per unreadable VM list
-//! and read error, then the human table.
+//! and read error, then the human table inside a `::stop-commands::` block (text read from Azure
+//! can never become a workflow command).
 //!
 //! Escaping follows the runner's rules (actions/toolkit `command.ts`): in the message `%`, `\r` and
 //! `\n` become `%25`, `%0D` and `%0A`; in property values `:` and `,` also become `%3A` and `%2C`.
 //! There is no file to point at, so annotations carry only a `title` (`CVMB008 key-access`).
+
+use std::hash::{Hash, Hasher};
 
 use super::{problem_level, Level};
 use crate::report::Report;
@@ -87,7 +90,16 @@ pub fn render(report: &Report) -> String {
             &format!("{} (affected rules are unknown)", e.short()),
         ));
     }
-    out.push_str(&super::table::render(report, false));
+    // The table carries text read from Azure (or a snapshot): run it inside a stop-commands
+    // block so no line of it can be taken for a workflow command. The token is derived from the
+    // table itself, so the output stays deterministic and the table cannot contain its own end.
+    let table = super::table::render(report, false);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    table.hash(&mut h);
+    let token = format!("cvm-backup-{:016x}", h.finish());
+    out.push_str(&format!("::stop-commands::{token}\n"));
+    out.push_str(&table);
+    out.push_str(&format!("::{token}::\n"));
     out
 }
 
