@@ -888,3 +888,46 @@ fn the_azure_pipelines_example_is_valid_and_publishes_junit() {
     assert_eq!(publish["inputs"]["testResultsFormat"], "JUnit");
     assert!(publish["condition"].as_str().unwrap().contains("always()"));
 }
+
+#[test]
+fn the_table_keeps_each_problem_under_its_vm_when_azure_text_has_line_breaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = vm(
+        SUB_A,
+        "rg-app",
+        "vm-odd",
+        "uaenorth",
+        "Standard_X\nsecond line",
+        true,
+    );
+    let snap = write(
+        dir.path(),
+        "odd.json",
+        &serde_json::to_string(&mini_with(vec![odd])).unwrap(),
+    );
+    let (code, out, _) = run(
+        dir.path(),
+        &["check", "--from", &snap, "--subscription", SUB_A],
+    );
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    let row = |name: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{out}"))
+    };
+    assert!(
+        lines[row("vm-odd")].contains("Standard_X second line"),
+        "{out}"
+    );
+    assert!(
+        lines[row("vm-odd") + 1].contains("CVMB002 vm-size-v6: Standard_X second line"),
+        "{out}"
+    );
+    assert!(lines[row("vm-plain") + 1].starts_with(" vm-v5 "), "{out}");
+    assert!(
+        lines[row("vm-v5") + 1].contains("CVMB002 vm-size-v6: Standard_DC4as_v5"),
+        "{out}"
+    );
+}
