@@ -242,16 +242,17 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
     // The exit code comes from the report and --fail-on only, never from the format.
     let code = report::exit_code(&report, fail_on);
     let to_file = args.output.is_some();
-    if args.format == Format::Json {
-        output::emit_with(args.output.as_deref(), |w| json_v1::write(&report, w)).map_err(|e| {
-            match &args.output {
-                Some(p) => AppError::Usage(format!("cannot write {}: {e}", p.display())),
-                None => AppError::Usage(format!("cannot write to stdout: {e}")),
-            }
-        })?;
-        return Ok(report::exit_code(&report, fail_on));
-    }
     let text = match args.format {
+        // Streamed: the document can be large.
+        Format::Json => {
+            output::emit_with(args.output.as_deref(), |w| json_v1::write(&report, w)).map_err(
+                |e| match &args.output {
+                    Some(p) => AppError::Usage(format!("cannot write {}: {e}", p.display())),
+                    None => AppError::Usage(format!("cannot write to stdout: {e}")),
+                },
+            )?;
+            return Ok(code);
+        }
         Format::Table => output::table::render(&report, use_color(args.out.color, to_file)),
         Format::Junit => output::junit::render(&report)
             .map_err(|e| AppError::Usage(format!("cannot write the JUnit report: {e}")))?,
