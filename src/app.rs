@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 
 use crate::cli::{self, CheckArgs, Cli, ColorChoice, Command, Format};
 use crate::collect::{self, CollectError, CollectOptions};
+use crate::config::{self, Config, LoadError};
 use crate::engine::{self, Policy, Scope};
 use crate::estate::Estate;
 use crate::output::{self, diag, json_v1};
@@ -147,16 +148,44 @@ fn progress_wanted(out: &cli::OutputArgs) -> bool {
     !out.no_progress && !out.quiet && std::io::stderr().is_terminal()
 }
 
+/// Loads the config file (CONTRACT.md section 6); every problem in it is printed, then exit 2.
+fn load_config(explicit: Option<&Path>, no_config: bool) -> Result<Config, AppError> {
+    match config::load(explicit, no_config) {
+        Ok(c) => Ok(c.unwrap_or_default()),
+        Err(LoadError::Read(m)) => Err(AppError::Usage(m)),
+        Err(LoadError::Invalid { file, errors }) => {
+            let n = errors.len();
+            for e in errors.iter().take(n.saturating_sub(1)) {
+                diag("error", &e.to_string());
+            }
+            let last = errors.last().map(ToString::to_string).unwrap_or_default();
+            Err(AppError::Usage(format!(
+                "{last}\n{file}: {n} error{} in the config file; fix {}, or run with --no-config to ignore the file",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "it" } else { "them" }
+            )))
+        }
+    }
+}
+
 fn check(args: CheckArgs) -> Result<i32, AppError> {
     let now = now()?;
-    let ruleset = load_ruleset(args.ruleset.as_deref())?;
-    let settings = Settings::from_ruleset(&ruleset);
+    let cfg = load_config(args.config.as_deref(), args.no_config)?;
+    // A command-line flag wins over the same setting in the file.
+    let ruleset = load_ruleset(args.ruleset.as_deref().or(cfg.ruleset.as_deref()))?;
+    let mut settings = Settings::from_ruleset(&ruleset);
+    cfg.apply_to(&mut settings);
     let fail_on = match args.fail_on {
-        Some(cli::FailOn::Error) | None => FailOn::Error,
+        Some(cli::FailOn::Error) => FailOn::Error,
         Some(cli::FailOn::Warning) => FailOn::Warning,
         Some(cli::FailOn::Never) => FailOn::Never,
+        None => cfg.fail_on.unwrap_or_default(),
     };
-    let policy = Policy::new(now.date());
+    let mut policy = Policy::new(now.date());
+    policy.overrides = cfg.overrides.clone();
+    if !args.no_waivers {
+        policy.waivers = cfg.waivers.clone();
+    }
 
     let principal = args.connection.backup_principal_id.as_deref();
     let estate = match &args.from {
@@ -191,39 +220,61 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
     let eval = engine::evaluate(&estate, &settings, &policy, &scope, now);
     let report = eval.report;
 
-    let to_file = args.output.is_some();
-    if args.format == Format::Json {
-        output::emit_with(args.output.as_deref(), |w| json_v1::write(&report, w)).map_err(|e| {
-            match &args.output {
-                Some(p) => AppError::Usage(format!("cannot write {}: {e}", p.display())),
-                None => AppError::Usage(format!("cannot write to stdout: {e}")),
-            }
-        })?;
-        let code = report::exit_code(&report, fail_on);
-        // A large estate is millions of small allocations: the process is about to exit, so
-        // let the OS reclaim them at once instead of freeing them one by one.
-        std::mem::forget(report);
-        std::mem::forget(estate);
-        return Ok(code);
-    }
-    let text = match args.format {
-        Format::Table => output::table::render(&report, use_color(args.out.color, to_file)),
-        other => {
-            return Err(AppError::Usage(format!(
-                "--format {} is not available yet",
-                format!("{other:?}").to_ascii_lowercase()
-            )))
+    let problems = config::waiver_problems(&policy.waivers, &eval.waiver_used, policy.today);
+    if args.strict && !problems.is_empty() {
+        for p in &problems {
+            diag("error", p.message());
         }
+        return Err(AppError::Usage(format!(
+            "--strict: {} waiver{} in {} expired or matched nothing; renew or remove {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            cfg.file,
+            if problems.len() == 1 { "it" } else { "them" }
+        )));
+    }
+    if !args.out.quiet {
+        for p in &problems {
+            diag("warning", p.message());
+        }
+    }
+
+    // The exit code comes from the report and --fail-on only, never from the format.
+    let code = report::exit_code(&report, fail_on);
+    let to_file = args.output.is_some();
+    let text = match args.format {
+        // Streamed: the document can be large.
+        Format::Json => {
+            output::emit_with(args.output.as_deref(), |w| json_v1::write(&report, w)).map_err(
+                |e| match &args.output {
+                    Some(p) => AppError::Usage(format!("cannot write {}: {e}", p.display())),
+                    None => AppError::Usage(format!("cannot write to stdout: {e}")),
+                },
+            )?;
+            // A large estate is millions of small allocations: the process is about to exit,
+            // so let the OS reclaim them at once instead of freeing them one by one.
+            std::mem::forget(report);
+            std::mem::forget(estate);
+            return Ok(code);
+        }
+        Format::Table => output::table::render(&report, use_color(args.out.color, to_file)),
+        Format::Junit => output::junit::render(&report)
+            .map_err(|e| AppError::Usage(format!("cannot write the JUnit report: {e}")))?,
+        Format::Sarif => output::sarif::render(&report),
+        Format::Markdown => output::markdown::render(&report),
+        Format::Github => output::github::render(&report),
     };
     write_out(&text, args.output.as_deref())?;
-    Ok(report::exit_code(&report, fail_on))
+    Ok(code)
 }
 
 fn collect_cmd(args: cli::CollectArgs) -> Result<i32, AppError> {
+    // The config's opt_out_features are read too, so CVMB005 can be evaluated from the snapshot.
+    let cfg = load_config(args.config.as_deref(), args.no_config)?;
     let opts = collect_options(
         &args.connection,
         &args.scope,
-        Vec::new(),
+        cfg.opt_out_features.clone(),
         progress_wanted(&args.out),
     );
     let mut snapshot = runtime()?.block_on(collect::collect(&opts))?;

@@ -158,15 +158,10 @@ pub struct CheckArgs {
     /// Ruleset (support matrix version) to apply; default 2026-01.
     #[arg(long, value_name = "NAME")]
     pub ruleset: Option<String>,
-    /// Config file (default: ./cvm-backup.toml when present).
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "CVM_BACKUP_CONFIG",
-        conflicts_with = "no_config"
-    )]
+    /// Config file [env: CVM_BACKUP_CONFIG] (default: ./cvm-backup.toml when present).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_config")]
     pub config: Option<PathBuf>,
-    /// Ignore any config file.
+    /// Ignore any config file (also the one CVM_BACKUP_CONFIG names).
     #[arg(long)]
     pub no_config: bool,
     /// Lowest severity that fails the run (exit 1); `never` turns exit 1 and 3 into 0.
@@ -191,15 +186,11 @@ pub struct CollectArgs {
     /// Where to write the snapshot (owner-only permissions).
     #[arg(long, short = 'o', value_name = "SNAPSHOT")]
     pub output: PathBuf,
-    /// Config file (for opt_out_features to read); default ./cvm-backup.toml when present.
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "CVM_BACKUP_CONFIG",
-        conflicts_with = "no_config"
-    )]
+    /// Config file, for opt_out_features to read [env: CVM_BACKUP_CONFIG] (default:
+    /// ./cvm-backup.toml when present).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_config")]
     pub config: Option<PathBuf>,
-    /// Ignore any config file.
+    /// Ignore any config file (also the one CVM_BACKUP_CONFIG names).
     #[arg(long)]
     pub no_config: bool,
     #[command(flatten)]

@@ -6,6 +6,7 @@ pub mod app;
 pub mod armid;
 pub mod cli;
 pub mod collect;
+pub mod config;
 pub mod endpoint;
 pub mod engine;
 pub mod estate;

@@ -24,8 +24,10 @@ fn cvm() -> Command {
             c.env_remove(k);
         }
     }
-    c.env("CVM_BACKUP_NOW", NOW)
-        .current_dir(std::env::temp_dir());
+    // An empty working directory of our own: no stray ./cvm-backup.toml is picked up.
+    let cwd = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    c.env("CVM_BACKUP_NOW", NOW).current_dir(cwd);
     c
 }
 

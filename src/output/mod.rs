@@ -1,6 +1,10 @@
 //! Renderers: one report, many formats. Renderers never decide outcomes.
 
+pub mod github;
 pub mod json_v1;
+pub mod junit;
+pub mod markdown;
+pub mod sarif;
 pub mod table;
 
 use std::io::Write;
@@ -85,3 +89,28 @@ pub fn explain(m: &RuleMeta) -> String {
 
 /// What `cvm-backup init` writes.
 pub const CONFIG_TEMPLATE: &str = include_str!("../../docs/cvm-backup.example.toml");
+
+use crate::report::RuleResult;
+use crate::rules::{Outcome, Severity};
+
+/// How loudly a CI format reports one result: SARIF `level`, GitHub annotation command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Error,
+    Warning,
+    Note,
+}
+
+/// The level of a result that is a problem, `None` for the rest. Only `fail` and `unknown` are
+/// problems, and a failed precondition (not a confidential VM) is not one. A `fail` keeps its
+/// effective severity; an `unknown` is one step lower (it could not be decided).
+pub fn problem_level(r: &RuleResult) -> Option<Level> {
+    match (r.outcome, r.severity) {
+        (Outcome::Fail, Severity::Precondition) => None,
+        (Outcome::Fail, Severity::Error) => Some(Level::Error),
+        (Outcome::Fail, Severity::Warning) => Some(Level::Warning),
+        (Outcome::Unknown, Severity::Error | Severity::Precondition) => Some(Level::Warning),
+        (Outcome::Unknown, Severity::Warning) => Some(Level::Note),
+        (Outcome::Pass | Outcome::Skipped | Outcome::Waived, _) => None,
+    }
+}

@@ -15,6 +15,14 @@ fn paint(color: bool, code: &str, s: &str) -> String {
     }
 }
 
+/// Text read from Azure or a snapshot on one line: a line break inside a cell would make the
+/// table two lines high and shift every following VM's problems under the wrong VM.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 fn verdict_color(v: Verdict) -> Color {
     match v {
         Verdict::Viable => Color::Green,
@@ -58,10 +66,10 @@ pub fn render(report: &Report, color: bool) -> String {
         table.set_header(vec!["VM", "RESOURCE GROUP", "LOCATION", "SIZE", "VERDICT"]);
         for vm in &report.vms {
             table.add_row(vec![
-                Cell::new(&vm.name),
-                Cell::new(&vm.resource_group),
-                Cell::new(&vm.location),
-                Cell::new(vm.size.as_deref().unwrap_or("-")),
+                Cell::new(one_line(&vm.name)),
+                Cell::new(one_line(&vm.resource_group)),
+                Cell::new(one_line(&vm.location)),
+                Cell::new(one_line(vm.size.as_deref().unwrap_or("-"))),
                 Cell::new(verdict_text(vm.verdict)).fg(verdict_color(vm.verdict)),
             ]);
         }
@@ -92,19 +100,19 @@ pub fn render(report: &Report, color: bool) -> String {
                     paint(color, code, mark),
                     r.meta.reference,
                     r.meta.name,
-                    r.message
+                    one_line(&r.message)
                 ));
                 if let Some(w) = &r.waiver {
                     out.push_str(&format!(
                         "       waived until {} ({} before): {}\n",
                         w.expires,
                         w.original.as_str(),
-                        w.reason
+                        one_line(&w.reason)
                     ));
                     continue;
                 }
                 if let Some(fix) = &r.remediation {
-                    out.push_str(&format!("       fix: {}\n", fix.text));
+                    out.push_str(&format!("       fix: {}\n", one_line(&fix.text)));
                     for c in &fix.commands {
                         out.push_str(&format!("         {} {}\n", paint(color, "2", "$"), c));
                     }
