@@ -147,7 +147,29 @@ fn progress_wanted(out: &cli::OutputArgs) -> bool {
     !out.no_progress && !out.quiet && std::io::stderr().is_terminal()
 }
 
+/// Logs on stderr through `tracing`: warnings by default, one line per HTTP request with `-v`,
+/// debug with `-vv`, errors only with `-q`. Other crates never go below `warn`, whatever the
+/// level: azure_core's debug output prints request headers, bearer token included.
+pub fn init_logging(out: &cli::OutputArgs) {
+    let own = match (out.quiet, out.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let others = if out.quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::new(format!("{others},cvm_backup={own}"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
 fn check(args: CheckArgs) -> Result<i32, AppError> {
+    init_logging(&args.out);
     let now = now()?;
     let ruleset = load_ruleset(args.ruleset.as_deref())?;
     let settings = Settings::from_ruleset(&ruleset);
@@ -200,6 +222,7 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
 }
 
 fn collect_cmd(args: cli::CollectArgs) -> Result<i32, AppError> {
+    init_logging(&args.out);
     let opts = collect_options(
         &args.connection,
         &args.scope,
