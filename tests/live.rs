@@ -933,6 +933,88 @@ fn backup_principal_id_skips_graph_and_travels_in_the_snapshot() {
     assert_eq!(outcome_of(&doc, "vm-under-test", "key-access"), "pass");
 }
 
+#[test]
+fn concurrency_is_bounded_by_the_flag() {
+    let emu = Emulator::start(DEMO);
+    emu.fault(Fault::slow("", Duration::from_millis(40)));
+    let l = live(&emu, &["--concurrency", "2"]);
+    assert_eq!(l.code, 1, "{}", l.stderr);
+    assert!(
+        emu.max_in_flight() <= 2,
+        "{} in flight",
+        emu.max_in_flight()
+    );
+    assert_eq!(emu.requests().len(), 38);
+    // Without the flag, independent reads do run side by side (16 at most).
+    let emu = Emulator::start(DEMO);
+    emu.fault(Fault::slow("", Duration::from_millis(40)));
+    let l = live(&emu, &[]);
+    assert_eq!(l.code, 1, "{}", l.stderr);
+    assert!(
+        emu.max_in_flight() > 2 && emu.max_in_flight() <= 16,
+        "{} in flight",
+        emu.max_in_flight()
+    );
+}
+
+#[test]
+fn one_malformed_resource_does_not_lose_its_page() {
+    let mut doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(abs(VIABLE)).unwrap()).unwrap();
+    let vms = doc["subscriptions"][0]["virtual_machines"]["value"]
+        .as_array_mut()
+        .unwrap();
+    // A VM without `id` or `location`: azure_mgmt_compute's model would fail the whole page.
+    vms.insert(0, serde_json::json!({"name": "broken", "properties": {}}));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("malformed.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let emu = Emulator::with_config(
+        file.to_str().unwrap(),
+        Config {
+            page_size: 2,
+            empty_first_page: false,
+        },
+    );
+    let l = live(&emu, &[]);
+    let out = l.json();
+    assert_eq!(outcome_of(&out, "vm-under-test", "vm-size-v6"), "pass");
+    assert_eq!(out["complete"], false);
+    assert!(
+        errors_of(&out)
+            .iter()
+            .any(|e| e["code"] == "MalformedResource"),
+        "{:#}",
+        out["errors"]
+    );
+}
+
+#[test]
+fn a_subscription_that_refuses_every_list_is_one_unreadable_scope() {
+    let emu = Emulator::start(DEMO);
+    emu.fault(Fault::status(
+        &format!("/subscriptions/{SUB2}/"),
+        403,
+        "AuthorizationFailed",
+    ));
+    let l = live(&emu, &[]);
+    let doc = l.json();
+    let sub2: Vec<Value> = errors_of(&doc)
+        .into_iter()
+        .filter(|e| e["scope"].as_str().unwrap().contains(SUB2))
+        .collect();
+    assert_eq!(sub2.len(), 1, "{sub2:#?}");
+    assert_eq!(sub2[0]["scope"], format!("/subscriptions/{SUB2}"));
+    assert_eq!(sub2[0]["status"], 403);
+    // Subscription 1 is still reported in full.
+    assert_eq!(outcome_of(&doc, "vm-app-01", "vault-same-region"), "pass");
+    assert!(!doc["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["subscription_id"] == SUB2));
+}
+
 // ---- secrets and logs ------------------------------------------------------------------------
 
 #[test]

@@ -83,6 +83,15 @@ pub async fn collect(opts: &CollectOptions) -> Result<Snapshot, CollectError> {
             )));
         }
     }
+    if opts
+        .access_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        return Err(CollectError::Usage(
+            "--access-token (or CVM_BACKUP_ACCESS_TOKEN) is empty".into(),
+        ));
+    }
     if opts.concurrency == 0 {
         return Err(CollectError::Usage(
             "--concurrency must be at least 1".into(),

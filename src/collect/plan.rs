@@ -518,6 +518,18 @@ impl Plan<'_> {
                 })
             })
             .cloned();
+        // So is one that refuses every list (no Reader role on it at all).
+        let refused = all.iter().all(|o| {
+            o.pages == 0
+                && o.error
+                    .as_ref()
+                    .is_some_and(|f| matches!(f.kind, FailureKind::Http(401 | 403)))
+        });
+        let gone = gone.or_else(|| {
+            refused
+                .then(|| vms.error.as_ref().map(|f| f.record.clone()))
+                .flatten()
+        });
         if let Some(mut e) = gone {
             e.scope = format!("/subscriptions/{id}");
             e.operation = "read subscription".into();

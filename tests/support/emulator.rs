@@ -170,6 +170,28 @@ struct State {
     faults: Vec<Fault>,
     seen: Vec<Seen>,
     request_counter: u64,
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+/// Counts a request as in flight until its handler ends (or is dropped with its connection).
+struct InFlight(Arc<Mutex<State>>);
+
+impl InFlight {
+    fn enter(state: &Arc<Mutex<State>>) -> InFlight {
+        let mut st = state.lock().unwrap();
+        st.in_flight += 1;
+        st.max_in_flight = st.max_in_flight.max(st.in_flight);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.0.lock() {
+            st.in_flight -= 1;
+        }
+    }
 }
 
 pub struct Emulator {
@@ -480,6 +502,7 @@ async fn handle(
     drop_tx: tokio::sync::mpsc::Sender<()>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let _in_flight = InFlight::enter(&state);
     let method = req.method().to_string();
     let raw_path = req.uri().path().to_string();
     let path = decode(&raw_path);
@@ -615,6 +638,8 @@ impl Emulator {
             faults: Vec::new(),
             seen: Vec::new(),
             request_counter: 0,
+            in_flight: 0,
+            max_in_flight: 0,
         }));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
@@ -671,6 +696,11 @@ impl Emulator {
 
     pub fn requests(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
+    }
+
+    /// The most requests ever in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
     }
 
     /// Requests whose decoded path contains `part` (case-insensitive).
