@@ -605,6 +605,17 @@ fn throttled_reads_are_retried_and_the_run_stays_complete() {
         )
         .times(1),
     );
+    // Retry-After as an HTTP date, one second ahead.
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    emu.fault(Fault::throttle(
+        "/backupProtectedItems",
+        1,
+        "Retry-After",
+        &soon.format(&fmt).unwrap(),
+    ));
     let l = live(&emu, &[]);
     assert_eq!(l.code, 0, "{}", l.stderr);
     let doc = l.json();
@@ -614,6 +625,50 @@ fn throttled_reads_are_retried_and_the_run_stays_complete() {
     assert_eq!(emu.count("/providers/Microsoft.Compute/disks"), 2);
     assert_eq!(emu.count("/backupPolicies"), 2);
     assert_eq!(emu.count("/providers/Microsoft.Compute/snapshots"), 2);
+    assert_eq!(emu.count("/backupProtectedItems"), 2);
+}
+
+#[test]
+fn a_retry_after_beyond_the_overall_timeout_is_not_waited_for() {
+    let emu = Emulator::start(VIABLE);
+    emu.fault(Fault::throttle(
+        "/providers/Microsoft.Compute/disks",
+        1,
+        "Retry-After",
+        "3600",
+    ));
+    let started = std::time::Instant::now();
+    let l = live(&emu, &[]);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let doc = l.json();
+    let e = error_for(&doc, "list disks", "/providers/Microsoft.Compute/disks")
+        .unwrap_or_else(|| panic!("{:#}", doc["errors"]));
+    assert_eq!(e["status"], 429);
+    assert_eq!(e["code"], "TooManyRequests");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("3600 s, beyond the overall --timeout"),
+        "{e}"
+    );
+    assert_eq!(emu.count("/providers/Microsoft.Compute/disks"), 1);
+}
+
+#[test]
+fn exit_4_when_nothing_answers_before_the_overall_timeout() {
+    let emu = Emulator::start(VIABLE);
+    emu.fault(Fault::slow("/subscriptions", Duration::from_secs(60)));
+    let started = std::time::Instant::now();
+    let l = live(&emu, &["--timeout", "2"]);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(l.code, 4, "{}", l.stderr);
+    assert!(l.stdout.is_empty());
+    assert!(
+        l.stderr.contains("overall --timeout of 2 s was reached"),
+        "{}",
+        l.stderr
+    );
 }
 
 #[test]
