@@ -180,8 +180,16 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
     };
     let policy = Policy::new(now.date());
 
-    let snapshot = match &args.from {
-        Some(path) => Snapshot::load(path).map_err(|e| AppError::Usage(e.to_string()))?,
+    let principal = args.connection.backup_principal_id.as_deref();
+    let estate = match &args.from {
+        Some(path) => {
+            // The fast path: items stay borrowed JSON text until the estate has read them.
+            let usage = |e: crate::snapshot::SnapshotError| AppError::Usage(e.to_string());
+            let bytes = crate::snapshot::read(path).map_err(usage)?;
+            let snap =
+                Snapshot::parse_borrowed(&bytes, &path.display().to_string()).map_err(usage)?;
+            Estate::from_snapshot(&snap, principal)
+        }
         None => {
             let opts = collect_options(
                 &args.connection,
@@ -189,11 +197,10 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
                 settings.opt_out_features.clone(),
                 progress_wanted(&args.out),
             );
-            runtime()?.block_on(collect::collect(&opts))?
+            let snap = runtime()?.block_on(collect::collect(&opts))?;
+            Estate::from_snapshot(&snap, principal)
         }
     };
-    let principal = args.connection.backup_principal_id.as_deref();
-    let estate = Estate::from_snapshot(&snapshot, principal);
     let scope = Scope {
         subscriptions: if args.from.is_some() {
             args.scope.subscriptions.clone()
@@ -207,8 +214,16 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
     let report = eval.report;
 
     let to_file = args.output.is_some();
+    if args.format == Format::Json {
+        output::emit_with(args.output.as_deref(), |w| json_v1::write(&report, w)).map_err(|e| {
+            match &args.output {
+                Some(p) => AppError::Usage(format!("cannot write {}: {e}", p.display())),
+                None => AppError::Usage(format!("cannot write to stdout: {e}")),
+            }
+        })?;
+        return Ok(report::exit_code(&report, fail_on));
+    }
     let text = match args.format {
-        Format::Json => json_v1::render(&report),
         Format::Table => output::table::render(&report, use_color(args.out.color, to_file)),
         other => {
             return Err(AppError::Usage(format!(

@@ -131,7 +131,7 @@ impl Applier<'_> {
                 severity,
                 outcome: Outcome::Skipped,
                 message: "disabled in config".into(),
-                evidence: Default::default(),
+                evidence: crate::report::empty_evidence(),
                 remediation: None,
                 waiver: None,
             };
@@ -141,7 +141,7 @@ impl Applier<'_> {
             severity,
             outcome: f.outcome,
             message: f.message,
-            evidence: f.evidence,
+            evidence: crate::report::evidence_json(&f.evidence),
             remediation: f.remediation,
             waiver: None,
         };

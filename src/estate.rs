@@ -6,6 +6,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::armid::{self, norm, norm_location};
@@ -237,46 +240,333 @@ pub enum Protection<'a> {
     Unknown(String),
 }
 
-// ---- JSON access helpers -------------------------------------------------------------------
+// ---- Raw ARM payloads -> typed records -----------------------------------------------------
+//
+// Each raw item is parsed on its own into a lenient serde struct (every field optional,
+// unknown fields skipped), so one odd resource never loses its page and no JSON value tree is
+// built for the whole snapshot.
 
-/// Field lookup that prefers the exact key and falls back to a case-insensitive match.
-fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    let obj = v.as_object()?;
-    obj.get(key).or_else(|| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
+/// How a raw item is held in a snapshot: a JSON value or borrowed JSON text.
+pub trait RawItem {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, String>;
 }
 
-fn path<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
-    keys.iter().try_fold(v, |cur, k| field(cur, k))
-}
-
-fn str_at(v: &Value, keys: &[&str]) -> Option<String> {
-    match path(v, keys)? {
-        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
-        _ => None,
+impl RawItem for Value {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        T::deserialize(self).map_err(|e| e.to_string())
     }
 }
 
-fn bool_at(v: &Value, keys: &[&str]) -> Option<bool> {
-    match path(v, keys)? {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
-        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
-        _ => None,
+impl RawItem for &RawValue {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_str(self.get()).map_err(|e| e.to_string())
     }
 }
 
-fn str_list(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+impl RawItem for Box<RawValue> {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_str(self.get()).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct IdOnly {
+    id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Ref {
+    id: Option<String>,
+}
+
+/// `true`/`false`, also as a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Flag {
+    Bool(bool),
+    Text(String),
+    Other(serde::de::IgnoredAny),
+}
+
+impl Flag {
+    fn get(&self) -> Option<bool> {
+        match self {
+            Flag::Bool(b) => Some(*b),
+            Flag::Text(s) if s.eq_ignore_ascii_case("true") => Some(true),
+            Flag::Text(s) if s.eq_ignore_ascii_case("false") => Some(false),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawVm {
+    id: Option<String>,
+    name: Option<String>,
+    location: Option<String>,
+    properties: Option<RawVmProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawVmProps {
+    hardware_profile: Option<RawHardware>,
+    security_profile: Option<RawSecurity>,
+    storage_profile: Option<RawStorage>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawHardware {
+    vm_size: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawSecurity {
+    security_type: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawStorage {
+    os_disk: Option<RawOsDisk>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawOsDisk {
+    managed_disk: Option<RawManagedDisk>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawManagedDisk {
+    id: Option<String>,
+    security_profile: Option<RawVmDiskSecurity>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawVmDiskSecurity {
+    security_encryption_type: Option<String>,
+    disk_encryption_set: Option<Ref>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawDisk {
+    id: Option<String>,
+    managed_by: Option<String>,
+    properties: Option<RawDiskProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawDiskProps {
+    encryption: Option<RawDiskEncryption>,
+    security_profile: Option<RawDiskSecurity>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawDiskEncryption {
+    disk_encryption_set_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawDiskSecurity {
+    security_type: Option<String>,
+    #[serde(rename = "secureVMDiskEncryptionSetId")]
+    secure_vm_disk_encryption_set_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawDes {
+    id: Option<String>,
+    name: Option<String>,
+    properties: Option<RawDesProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawDesProps {
+    encryption_type: Option<String>,
+    active_key: Option<RawActiveKey>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawActiveKey {
+    key_url: Option<String>,
+    source_vault: Option<Ref>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawRsVault {
+    id: Option<String>,
+    name: Option<String>,
+    location: Option<String>,
+    properties: Option<RawRsVaultProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawRsVaultProps {
+    redundancy_settings: Option<RawRedundancy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawRedundancy {
+    cross_region_restore: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawKeyVault {
+    id: Option<String>,
+    name: Option<String>,
+    properties: Option<RawKeyVaultProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawKeyVaultProps {
+    enable_rbac_authorization: Option<Flag>,
+    access_policies: Option<Vec<RawAccessPolicy>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawAccessPolicy {
+    object_id: Option<String>,
+    application_id: Option<String>,
+    permissions: Option<RawPermissions>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawPermissions {
+    keys: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawHsm {
+    id: Option<String>,
+    name: Option<String>,
+    properties: Option<RawHsmProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawHsmProps {
+    hsm_uri: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawPolicy {
+    id: Option<String>,
+    name: Option<String>,
+    properties: Option<RawPolicyProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawPolicyProps {
+    policy_type: Option<String>,
+    snapshot_consistency_type: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawItemRecord {
+    id: Option<String>,
+    properties: Option<RawItemProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawItemProps {
+    virtual_machine_id: Option<String>,
+    source_resource_id: Option<String>,
+    policy_id: Option<String>,
+    policy_name: Option<String>,
+    protection_state: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawAssignment {
+    id: Option<String>,
+    properties: Option<RawAssignmentProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawAssignmentProps {
+    principal_id: Option<String>,
+    scope: Option<String>,
+    role_definition_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawRoleDefinition {
+    id: Option<String>,
+    name: Option<String>,
+    properties: Option<RawRoleDefinitionProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawRoleDefinitionProps {
+    role_name: Option<String>,
+    permissions: Option<Vec<RawRolePermission>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawRolePermission {
+    data_actions: Option<Vec<String>>,
+    not_data_actions: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawFeature {
+    properties: Option<RawFeatureProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawFeatureProps {
+    state: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawStorageConfig {
+    properties: Option<RawStorageConfigProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawStorageConfigProps {
+    cross_region_restore_flag: Option<Flag>,
+}
+
+/// Empty strings count as absent.
+fn text(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.trim().is_empty())
 }
 
 fn malformed(scope: &str, what: &str, msg: String) -> ErrorRecord {
@@ -291,12 +581,12 @@ fn malformed(scope: &str, what: &str, msg: String) -> ErrorRecord {
 
 /// Builds a listing from a list read, parsing each raw item with `parse`. Unusable items are
 /// recorded as errors and make the listing incomplete.
-fn listing<T>(
-    read: Option<&ListRead>,
+fn listing<I: RawItem, R: DeserializeOwned, T>(
+    read: Option<&ListRead<I>>,
     scope: &str,
     what: &str,
     errors: &mut Vec<ErrorRecord>,
-    parse: impl Fn(&Value) -> Result<T, String>,
+    convert: impl Fn(R) -> Result<T, String>,
 ) -> Listing<T> {
     let Some(read) = read else {
         let e = ErrorRecord {
@@ -313,16 +603,23 @@ fn listing<T>(
             missing: Some(reason),
         };
     };
-    let mut out = Listing::default();
+    let mut out = Listing {
+        items: Vec::with_capacity(read.items().len()),
+        missing: None,
+    };
     if let Some(e) = &read.error {
         out.missing = Some(e.short());
         errors.push(e.clone());
     }
     for (i, raw) in read.items().iter().enumerate() {
-        match parse(raw) {
+        match raw.parse::<R>().and_then(&convert) {
             Ok(t) => out.items.push(t),
             Err(msg) => {
-                let id = str_at(raw, &["id"]).unwrap_or_else(|| format!("{scope} item {i}"));
+                let id = raw
+                    .parse::<IdOnly>()
+                    .ok()
+                    .and_then(|x| text(x.id))
+                    .unwrap_or_else(|| format!("{scope} item {i}"));
                 let e = malformed(&id, what, msg);
                 if out.missing.is_none() {
                     out.missing = Some(e.short());
@@ -334,51 +631,54 @@ fn listing<T>(
     out
 }
 
-fn need_id(raw: &Value) -> Result<String, String> {
-    str_at(raw, &["id"]).ok_or_else(|| "the resource has no `id`".to_string())
+fn need_id(id: Option<String>) -> Result<String, String> {
+    text(id).ok_or_else(|| "the resource has no `id`".to_string())
 }
 
-fn parse_vm(raw: &Value) -> Result<Vm, String> {
-    let id = need_id(raw)?;
+fn name_or_last(name: Option<String>, id: &str) -> String {
+    text(name).unwrap_or_else(|| armid::name_of(id).to_string())
+}
+
+fn vm_from(raw: RawVm) -> Result<Vm, String> {
+    let id = need_id(raw.id)?;
     let subscription_id = armid::subscription_of(&id)
         .ok_or_else(|| format!("id {id} has no subscription segment"))?
         .to_string();
-    let location = str_at(raw, &["location"]).ok_or("the VM has no `location`")?;
-    let md = path(
-        raw,
-        &["properties", "storageProfile", "osDisk", "managedDisk"],
-    );
-    let md_str = |keys: &[&str]| md.and_then(|m| str_at(m, keys));
+    let location = text(raw.location).ok_or("the VM has no `location`")?;
+    let props = raw.properties.unwrap_or_default();
+    let md = props
+        .storage_profile
+        .and_then(|s| s.os_disk)
+        .and_then(|d| d.managed_disk)
+        .unwrap_or_default();
+    let sec = md.security_profile.unwrap_or_default();
     Ok(Vm {
         key: norm(&id),
-        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
+        name: name_or_last(raw.name, &id),
         resource_group: armid::resource_group_of(&id)
             .unwrap_or_default()
             .to_string(),
         subscription_id,
         location: norm_location(&location),
-        size: str_at(raw, &["properties", "hardwareProfile", "vmSize"]),
-        security_type: str_at(raw, &["properties", "securityProfile", "securityType"]),
-        os_disk_id: md_str(&["id"]),
-        os_encryption_type: md_str(&["securityProfile", "securityEncryptionType"]),
-        cvm_des_id: md_str(&["securityProfile", "diskEncryptionSet", "id"]),
+        size: props.hardware_profile.and_then(|h| text(h.vm_size)),
+        security_type: props.security_profile.and_then(|s| text(s.security_type)),
+        os_disk_id: text(md.id),
+        os_encryption_type: text(sec.security_encryption_type),
+        cvm_des_id: sec.disk_encryption_set.and_then(|d| text(d.id)),
         id,
     })
 }
 
-fn parse_disk(raw: &Value) -> Result<Disk, String> {
-    let id = need_id(raw)?;
+fn disk_from(raw: RawDisk) -> Result<Disk, String> {
+    let id = need_id(raw.id)?;
+    let props = raw.properties.unwrap_or_default();
+    let sec = props.security_profile.unwrap_or_default();
+    let secure = text(sec.secure_vm_disk_encryption_set_id);
     let mut des_ids: Vec<String> = Vec::new();
-    let secure = str_at(
-        raw,
-        &[
-            "properties",
-            "securityProfile",
-            "secureVMDiskEncryptionSetId",
-        ],
-    );
     for d in [
-        str_at(raw, &["properties", "encryption", "diskEncryptionSetId"]),
+        props
+            .encryption
+            .and_then(|e| text(e.disk_encryption_set_id)),
         secure.clone(),
     ]
     .into_iter()
@@ -389,35 +689,37 @@ fn parse_disk(raw: &Value) -> Result<Disk, String> {
         }
     }
     Ok(Disk {
-        managed_by: str_at(raw, &["managedBy"]),
-        security_type: str_at(raw, &["properties", "securityProfile", "securityType"]),
+        managed_by: text(raw.managed_by),
+        security_type: text(sec.security_type),
         secure_des_id: secure,
         des_ids,
         id,
     })
 }
 
-fn parse_des(raw: &Value) -> Result<Des, String> {
-    let id = need_id(raw)?;
+fn des_from(raw: RawDes) -> Result<Des, String> {
+    let id = need_id(raw.id)?;
+    let props = raw.properties.unwrap_or_default();
+    let key = props.active_key.unwrap_or_default();
     Ok(Des {
-        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
-        encryption_type: str_at(raw, &["properties", "encryptionType"]),
-        key_url: str_at(raw, &["properties", "activeKey", "keyUrl"]),
-        source_vault_id: str_at(raw, &["properties", "activeKey", "sourceVault", "id"]),
+        name: name_or_last(raw.name, &id),
+        encryption_type: text(props.encryption_type),
+        key_url: text(key.key_url),
+        source_vault_id: key.source_vault.and_then(|v| text(v.id)),
         id,
     })
 }
 
-fn parse_rs_vault(raw: &Value) -> Result<RsVault, String> {
-    let id = need_id(raw)?;
-    let location = str_at(raw, &["location"]).ok_or("the vault has no `location`")?;
-    let crr = str_at(
-        raw,
-        &["properties", "redundancySettings", "crossRegionRestore"],
-    )
-    .map(|s| s.eq_ignore_ascii_case("enabled"));
+fn rs_vault_from(raw: RawRsVault) -> Result<RsVault, String> {
+    let id = need_id(raw.id)?;
+    let location = text(raw.location).ok_or("the vault has no `location`")?;
+    let crr = raw
+        .properties
+        .and_then(|p| p.redundancy_settings)
+        .and_then(|r| text(r.cross_region_restore))
+        .map(|s| s.eq_ignore_ascii_case("enabled"));
     Ok(RsVault {
-        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
+        name: name_or_last(raw.name, &id),
         resource_group: armid::resource_group_of(&id)
             .unwrap_or_default()
             .to_string(),
@@ -428,99 +730,103 @@ fn parse_rs_vault(raw: &Value) -> Result<RsVault, String> {
     })
 }
 
-fn parse_key_vault(raw: &Value) -> Result<KeyVault, String> {
-    let id = need_id(raw)?;
-    let policies = path(raw, &["properties", "accessPolicies"])
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| {
-                    Some(AccessPolicy {
-                        object_id: str_at(p, &["objectId"])?,
-                        application_id: str_at(p, &["applicationId"]),
-                        key_permissions: str_list(path(p, &["permissions", "keys"])),
-                    })
-                })
-                .collect()
+fn key_vault_from(raw: RawKeyVault) -> Result<KeyVault, String> {
+    let id = need_id(raw.id)?;
+    let props = raw.properties.unwrap_or_default();
+    let access_policies = props
+        .access_policies
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            Some(AccessPolicy {
+                object_id: text(p.object_id)?,
+                application_id: text(p.application_id),
+                key_permissions: p.permissions.and_then(|x| x.keys).unwrap_or_default(),
+            })
         })
-        .unwrap_or_default();
+        .collect();
     Ok(KeyVault {
-        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
-        rbac: bool_at(raw, &["properties", "enableRbacAuthorization"]).unwrap_or(false),
-        access_policies: policies,
+        name: name_or_last(raw.name, &id),
+        rbac: props
+            .enable_rbac_authorization
+            .and_then(|f| f.get())
+            .unwrap_or(false),
+        access_policies,
         id,
     })
 }
 
-fn parse_hsm(raw: &Value) -> Result<Hsm, String> {
-    let id = need_id(raw)?;
+fn hsm_from(raw: RawHsm) -> Result<Hsm, String> {
+    let id = need_id(raw.id)?;
     Ok(Hsm {
-        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
-        hsm_uri: str_at(raw, &["properties", "hsmUri"]),
+        name: name_or_last(raw.name, &id),
+        hsm_uri: raw.properties.and_then(|p| text(p.hsm_uri)),
         id,
     })
 }
 
-fn parse_policy(raw: &Value) -> Result<Policy, String> {
-    let id = need_id(raw)?;
+fn policy_from(raw: RawPolicy) -> Result<Policy, String> {
+    let id = need_id(raw.id)?;
+    let props = raw.properties.unwrap_or_default();
     Ok(Policy {
-        name: str_at(raw, &["name"]).unwrap_or_else(|| armid::name_of(&id).to_string()),
-        policy_type: str_at(raw, &["properties", "policyType"]),
-        snapshot_consistency: str_at(raw, &["properties", "snapshotConsistencyType"]),
+        name: name_or_last(raw.name, &id),
+        policy_type: text(props.policy_type),
+        snapshot_consistency: text(props.snapshot_consistency_type),
         id,
     })
 }
 
-fn parse_item(raw: &Value) -> Result<ProtectedItem, String> {
-    let id = need_id(raw)?;
-    let vm_id = str_at(raw, &["properties", "virtualMachineId"])
-        .or_else(|| str_at(raw, &["properties", "sourceResourceId"]))
+fn item_from(raw: RawItemRecord) -> Result<ProtectedItem, String> {
+    let id = need_id(raw.id)?;
+    let props = raw.properties.unwrap_or_default();
+    let vm_id = text(props.virtual_machine_id)
+        .or_else(|| text(props.source_resource_id))
         .ok_or("the protected item has neither `virtualMachineId` nor `sourceResourceId`")?;
     Ok(ProtectedItem {
         vm_id,
-        policy_id: str_at(raw, &["properties", "policyId"]),
-        policy_name: str_at(raw, &["properties", "policyName"]),
-        protection_state: str_at(raw, &["properties", "protectionState"]),
+        policy_id: text(props.policy_id),
+        policy_name: text(props.policy_name),
+        protection_state: text(props.protection_state),
         id,
     })
 }
 
-fn parse_assignment(raw: &Value) -> Result<RoleAssignment, String> {
-    let id = str_at(raw, &["id"]).unwrap_or_default();
+fn assignment_from(raw: RawAssignment) -> Result<RoleAssignment, String> {
+    let props = raw.properties.unwrap_or_default();
     Ok(RoleAssignment {
-        principal_id: str_at(raw, &["properties", "principalId"])
-            .ok_or("the role assignment has no `principalId`")?,
-        scope: str_at(raw, &["properties", "scope"]).ok_or("the role assignment has no `scope`")?,
-        role_definition_id: str_at(raw, &["properties", "roleDefinitionId"])
+        principal_id: text(props.principal_id).ok_or("the role assignment has no `principalId`")?,
+        scope: text(props.scope).ok_or("the role assignment has no `scope`")?,
+        role_definition_id: text(props.role_definition_id)
             .ok_or("the role assignment has no `roleDefinitionId`")?,
-        id,
+        id: raw.id.unwrap_or_default(),
     })
 }
 
-fn parse_role_definition(raw: &Value) -> Result<RoleDefinition, String> {
-    let id = str_at(raw, &["id"])
-        .or_else(|| str_at(raw, &["name"]))
+fn role_definition_from(raw: RawRoleDefinition) -> Result<RoleDefinition, String> {
+    let id = text(raw.id)
+        .or_else(|| text(raw.name))
         .ok_or("the role definition has neither `id` nor `name`")?;
-    let perms = path(raw, &["properties", "permissions"])
-        .and_then(Value::as_array)
+    let props = raw.properties.unwrap_or_default();
+    let perms = props
+        .permissions
         .ok_or("the role definition has no `permissions`")?;
     Ok(RoleDefinition {
         guid: armid::role_guid(&id),
-        name: str_at(raw, &["properties", "roleName"]).unwrap_or_else(|| armid::role_guid(&id)),
+        name: text(props.role_name).unwrap_or_else(|| armid::role_guid(&id)),
         permissions: perms
-            .iter()
+            .into_iter()
             .map(|p| Permission {
-                data_actions: str_list(field(p, "dataActions")),
-                not_data_actions: str_list(field(p, "notDataActions")),
+                data_actions: p.data_actions.unwrap_or_default(),
+                not_data_actions: p.not_data_actions.unwrap_or_default(),
             })
             .collect(),
     })
 }
 
-fn single<T>(
-    read: Option<&SingleRead>,
+fn single<I: RawItem, R: DeserializeOwned, T>(
+    read: Option<&SingleRead<I>>,
     errors: &mut Vec<ErrorRecord>,
-    parse: impl Fn(&Value) -> Result<T, String>,
+    convert: impl Fn(R) -> Result<T, String>,
     scope: &str,
     what: &str,
 ) -> Avail<T> {
@@ -532,7 +838,7 @@ fn single<T>(
                 return Avail::Unknown(e.short());
             }
             match &r.value {
-                Some(v) => match parse(v) {
+                Some(v) => match v.parse::<R>().and_then(convert) {
                     Ok(t) => Avail::Known(t),
                     Err(msg) => {
                         let e = malformed(scope, what, msg);
@@ -549,7 +855,10 @@ fn single<T>(
 
 impl Estate {
     /// Builds the estate. `principal_override` is `--backup-principal-id`.
-    pub fn from_snapshot(snap: &Snapshot, principal_override: Option<&str>) -> Estate {
+    pub fn from_snapshot<I: RawItem>(
+        snap: &Snapshot<I>,
+        principal_override: Option<&str>,
+    ) -> Estate {
         let mut errors: Vec<ErrorRecord> = Vec::new();
         let mut subscriptions = Vec::new();
         let mut vms = Vec::new();
@@ -571,7 +880,11 @@ impl Estate {
             let storage_crr = single(
                 children.storage_config.as_ref(),
                 &mut errors,
-                |v| Ok(bool_at(v, &["properties", "crossRegionRestoreFlag"])),
+                |c: RawStorageConfig| {
+                    Ok(c.properties
+                        .and_then(|p| p.cross_region_restore_flag)
+                        .and_then(|f| f.get()))
+                },
                 vault_id,
                 "backup storage config",
             );
@@ -580,14 +893,14 @@ impl Estate {
                 vault_id,
                 "backup policies",
                 &mut errors,
-                parse_policy,
+                policy_from,
             );
             let items = listing(
                 children.protected_items.as_ref(),
                 vault_id,
                 "protected items",
                 &mut errors,
-                parse_item,
+                item_from,
             );
             for item in &items.items {
                 protection
@@ -613,7 +926,7 @@ impl Estate {
                     kv,
                     "role assignments",
                     &mut errors,
-                    parse_assignment,
+                    assignment_from,
                 ),
             );
         }
@@ -622,7 +935,7 @@ impl Estate {
             let def = single(
                 Some(read),
                 &mut errors,
-                parse_role_definition,
+                role_definition_from,
                 rid,
                 "role definition",
             );
@@ -635,14 +948,14 @@ impl Estate {
                 hsm,
                 "Managed HSM role assignments",
                 &mut errors,
-                parse_assignment,
+                assignment_from,
             );
             let definitions = listing(
                 data.role_definitions.as_ref(),
                 hsm,
                 "Managed HSM role definitions",
                 &mut errors,
-                parse_role_definition,
+                role_definition_from,
             );
             hsm_rbac.insert(
                 norm(hsm),
@@ -665,7 +978,7 @@ impl Estate {
                         errors.push(e.clone());
                         Principal::Unknown(e.short())
                     }
-                    (None, Some(v)) => match str_at(v, &["id"]) {
+                    (None, Some(v)) => match v.parse::<IdOnly>().ok().and_then(|x| text(x.id)) {
                         Some(id) => Principal::Known(id),
                         None => Principal::Unknown(
                             "the Graph answer for the Backup Management Service has no `id`".into(),
@@ -721,8 +1034,8 @@ impl Estate {
         }
     }
 
-    fn build_subscription(
-        s: &SubscriptionSnapshot,
+    fn build_subscription<I: RawItem>(
+        s: &SubscriptionSnapshot<I>,
         errors: &mut Vec<ErrorRecord>,
     ) -> (SubscriptionData, Vec<Vm>) {
         let scope = format!("/subscriptions/{}", s.subscription_id);
@@ -757,7 +1070,7 @@ impl Estate {
             &scope,
             "virtual machines",
             errors,
-            parse_vm,
+            vm_from,
         );
         let features = s
             .features
@@ -766,8 +1079,9 @@ impl Estate {
                 let state = single(
                     Some(read),
                     errors,
-                    |v| {
-                        str_at(v, &["properties", "state"])
+                    |f: RawFeature| {
+                        f.properties
+                            .and_then(|p| text(p.state))
                             .ok_or_else(|| "the feature has no `properties.state`".to_string())
                     },
                     &format!("{scope}/providers/Microsoft.Features/providers/{name}"),
@@ -781,41 +1095,35 @@ impl Estate {
             key,
             display_name: s.display_name.clone(),
             vm_list_missing: vm_listing.missing.clone(),
-            disks: listing(s.disks.as_ref(), &scope, "disks", errors, parse_disk),
-            snapshots: listing(
-                s.snapshots.as_ref(),
-                &scope,
-                "snapshots",
-                errors,
-                parse_disk,
-            ),
+            disks: listing(s.disks.as_ref(), &scope, "disks", errors, disk_from),
+            snapshots: listing(s.snapshots.as_ref(), &scope, "snapshots", errors, disk_from),
             des: listing(
                 s.disk_encryption_sets.as_ref(),
                 &scope,
                 "disk encryption sets",
                 errors,
-                parse_des,
+                des_from,
             ),
             vaults: listing(
                 s.recovery_services_vaults.as_ref(),
                 &scope,
                 "recovery services vaults",
                 errors,
-                parse_rs_vault,
+                rs_vault_from,
             ),
             key_vaults: listing(
                 s.key_vaults.as_ref(),
                 &scope,
                 "key vaults",
                 errors,
-                parse_key_vault,
+                key_vault_from,
             ),
             hsms: listing(
                 s.managed_hsms.as_ref(),
                 &scope,
                 "managed HSMs",
                 errors,
-                parse_hsm,
+                hsm_from,
             ),
             features,
         };

@@ -2,7 +2,8 @@
 //! are decided here and in the engine, never in a renderer.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Map;
 use time::OffsetDateTime;
 
 use crate::rules::{Outcome, Remediation, RuleMeta, Severity};
@@ -44,7 +45,8 @@ pub struct RuleResult {
     pub severity: Severity,
     pub outcome: Outcome,
     pub message: String,
-    pub evidence: Map<String, Value>,
+    /// The values the rule looked at, as compact JSON text (an object).
+    pub evidence: Box<RawValue>,
     pub remediation: Option<Remediation>,
     pub waiver: Option<WaiverInfo>,
 }
@@ -181,4 +183,13 @@ pub fn exit_code(report: &Report, fail_on: FailOn) -> i32 {
     } else {
         0
     }
+}
+
+/// Evidence as compact JSON text: one allocation per result instead of a map of values.
+pub fn evidence_json(m: &Map<String, serde_json::Value>) -> Box<RawValue> {
+    serde_json::value::to_raw_value(m).unwrap_or_else(|_| empty_evidence())
+}
+
+pub fn empty_evidence() -> Box<RawValue> {
+    RawValue::from_string("{}".to_string()).unwrap_or_default()
 }

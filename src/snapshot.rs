@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub const SNAPSHOT_SCHEMA: &str = "cvm-backup/snapshot/v1";
@@ -44,12 +45,34 @@ impl ErrorRecord {
 }
 
 /// A paged ARM list: all pages concatenated. `error` set means incomplete.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ListRead {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Vec<Value>>,
+///
+/// `I` is how a raw item is held: a `serde_json::Value` (built by the collector and tests) or a
+/// borrowed `&RawValue` (the fast path of `check --from`, which never builds a value tree).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListRead<I = Value> {
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub value: Option<Vec<I>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorRecord>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+impl<I> Default for ListRead<I> {
+    fn default() -> Self {
+        ListRead {
+            value: None,
+            error: None,
+        }
+    }
+}
+
+impl<I> ListRead<I> {
+    pub fn items(&self) -> &[I] {
+        self.value.as_deref().unwrap_or(&[])
+    }
 }
 
 impl ListRead {
@@ -65,20 +88,27 @@ impl ListRead {
             error: Some(error),
         }
     }
-    pub fn items(&self) -> &[Value] {
-        self.value.as_deref().unwrap_or(&[])
-    }
 }
 
 /// One GET.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SingleRead {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Value>,
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SingleRead<I = Value> {
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub value: Option<I>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub not_found: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorRecord>,
+}
+
+impl<I> Default for SingleRead<I> {
+    fn default() -> Self {
+        SingleRead {
+            value: None,
+            not_found: false,
+            error: None,
+        }
+    }
 }
 
 impl SingleRead {
@@ -117,7 +147,7 @@ pub struct Endpoints {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
+pub struct Snapshot<I = Value> {
     pub schema: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<ToolInfo>,
@@ -127,62 +157,99 @@ pub struct Snapshot {
     pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Endpoints>,
-    pub subscriptions: Vec<SubscriptionSnapshot>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup_principal: Option<SingleRead>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub vaults: BTreeMap<String, VaultChildren>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub key_vault_role_assignments: BTreeMap<String, ListRead>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub role_definitions: BTreeMap<String, SingleRead>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub managed_hsms: BTreeMap<String, HsmRbac>,
+    pub subscriptions: Vec<SubscriptionSnapshot<I>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub backup_principal: Option<SingleRead<I>>,
+    #[serde(default = "BTreeMap::new", skip_serializing_if = "BTreeMap::is_empty")]
+    pub vaults: BTreeMap<String, VaultChildren<I>>,
+    #[serde(default = "BTreeMap::new", skip_serializing_if = "BTreeMap::is_empty")]
+    pub key_vault_role_assignments: BTreeMap<String, ListRead<I>>,
+    #[serde(default = "BTreeMap::new", skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_definitions: BTreeMap<String, SingleRead<I>>,
+    #[serde(default = "BTreeMap::new", skip_serializing_if = "BTreeMap::is_empty")]
+    pub managed_hsms: BTreeMap<String, HsmRbac<I>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ErrorRecord>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SubscriptionSnapshot {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionSnapshot<I = Value> {
     pub subscription_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorRecord>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub virtual_machines: Option<ListRead>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disks: Option<ListRead>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshots: Option<ListRead>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk_encryption_sets: Option<ListRead>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recovery_services_vaults: Option<ListRead>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_vaults: Option<ListRead>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed_hsms: Option<ListRead>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub features: BTreeMap<String, SingleRead>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub virtual_machines: Option<ListRead<I>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub disks: Option<ListRead<I>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<ListRead<I>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub disk_encryption_sets: Option<ListRead<I>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub recovery_services_vaults: Option<ListRead<I>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub key_vaults: Option<ListRead<I>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub managed_hsms: Option<ListRead<I>>,
+    #[serde(default = "BTreeMap::new", skip_serializing_if = "BTreeMap::is_empty")]
+    pub features: BTreeMap<String, SingleRead<I>>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct VaultChildren {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_config: Option<SingleRead>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policies: Option<ListRead>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protected_items: Option<ListRead>,
+impl<I> Default for SubscriptionSnapshot<I> {
+    fn default() -> Self {
+        SubscriptionSnapshot {
+            subscription_id: String::new(),
+            display_name: None,
+            error: None,
+            virtual_machines: None,
+            disks: None,
+            snapshots: None,
+            disk_encryption_sets: None,
+            recovery_services_vaults: None,
+            key_vaults: None,
+            managed_hsms: None,
+            features: BTreeMap::new(),
+        }
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HsmRbac {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role_assignments: Option<ListRead>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role_definitions: Option<ListRead>,
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaultChildren<I = Value> {
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub storage_config: Option<SingleRead<I>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub policies: Option<ListRead<I>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub protected_items: Option<ListRead<I>>,
+}
+
+impl<I> Default for VaultChildren<I> {
+    fn default() -> Self {
+        VaultChildren {
+            storage_config: None,
+            policies: None,
+            protected_items: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HsmRbac<I = Value> {
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub role_assignments: Option<ListRead<I>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub role_definitions: Option<ListRead<I>>,
+}
+
+impl<I> Default for HsmRbac<I> {
+    fn default() -> Self {
+        HsmRbac {
+            role_assignments: None,
+            role_definitions: None,
+        }
+    }
 }
 
 /// Why a snapshot could not be loaded. Every variant names the file.
@@ -234,80 +301,14 @@ impl Snapshot {
         }
     }
 
-    /// Parse a snapshot from bytes. `path` only names the source in errors.
+    /// Parse a snapshot from bytes into owned values. `path` only names the source in errors.
     pub fn from_slice(bytes: &[u8], path: &str) -> Result<Snapshot, SnapshotError> {
-        // First as a generic value, so the schema can be checked before the structure.
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| json_error(&e, path))?;
-        let obj = value.as_object().ok_or_else(|| SnapshotError::Invalid {
-            path: path.to_string(),
-            msg: "the top level is not a JSON object".into(),
-        })?;
-        match obj.get("schema") {
-            None => {
-                return Err(SnapshotError::Invalid {
-                    path: path.to_string(),
-                    msg: "missing required field `schema`".into(),
-                })
-            }
-            Some(Value::String(s)) if s == SNAPSHOT_SCHEMA => {}
-            Some(other) => {
-                return Err(SnapshotError::WrongSchema {
-                    path: path.to_string(),
-                    found: match other {
-                        Value::String(s) => s.clone(),
-                        v => v.to_string(),
-                    },
-                })
-            }
-        }
-        let snap: Snapshot = serde_json::from_value(value).map_err(|e| SnapshotError::Invalid {
-            path: path.to_string(),
-            msg: e.to_string(),
-        })?;
-        snap.validate(path)?;
-        Ok(snap)
+        parse(bytes, path)
     }
 
     pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
-        let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io {
-            path: shown.clone(),
-            source,
-        })?;
-        Snapshot::from_slice(&bytes, &shown)
-    }
-
-    fn validate(&self, path: &str) -> Result<(), SnapshotError> {
-        let invalid = |msg: String| SnapshotError::Invalid {
-            path: path.to_string(),
-            msg,
-        };
-        for (i, s) in self.subscriptions.iter().enumerate() {
-            if s.subscription_id.trim().is_empty() {
-                return Err(invalid(format!(
-                    "subscriptions[{i}].subscription_id is empty"
-                )));
-            }
-            let lists = [
-                ("virtual_machines", &s.virtual_machines),
-                ("disks", &s.disks),
-                ("snapshots", &s.snapshots),
-                ("disk_encryption_sets", &s.disk_encryption_sets),
-                ("recovery_services_vaults", &s.recovery_services_vaults),
-                ("key_vaults", &s.key_vaults),
-                ("managed_hsms", &s.managed_hsms),
-            ];
-            for (name, l) in lists {
-                if let Some(l) = l {
-                    if l.value.is_none() && l.error.is_none() {
-                        return Err(invalid(format!(
-                            "subscriptions[{i}].{name} has neither `value` nor `error`"
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(())
+        let bytes = read(path)?;
+        Snapshot::from_slice(&bytes, &path.display().to_string())
     }
 
     /// Serialise for `collect --output`.
@@ -315,6 +316,100 @@ impl Snapshot {
         // Serialising plain data structures cannot fail.
         serde_json::to_string_pretty(self).unwrap_or_else(|_| String::from("{}"))
     }
+}
+
+impl<'a> Snapshot<&'a RawValue> {
+    /// The fast path of `check --from`: items stay borrowed JSON text, no value tree is built.
+    pub fn parse_borrowed(bytes: &'a [u8], path: &str) -> Result<Self, SnapshotError> {
+        parse(bytes, path)
+    }
+}
+
+/// Reads a snapshot file's bytes, naming the file in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>, SnapshotError> {
+    std::fs::read(path).map_err(|source| SnapshotError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Only the `schema` field; everything else is skipped (but still checked for JSON syntax).
+#[derive(Deserialize)]
+struct SchemaProbe {
+    #[serde(default)]
+    schema: Option<Value>,
+}
+
+fn parse<'a, I: Deserialize<'a>>(
+    bytes: &'a [u8],
+    path: &str,
+) -> Result<Snapshot<I>, SnapshotError> {
+    let invalid = |msg: String| SnapshotError::Invalid {
+        path: path.to_string(),
+        msg,
+    };
+    // First the syntax and the schema, so a wrong file is named as such before its structure.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| json_error(&e, path))?;
+        return Err(invalid("the top level is not a JSON object".into()));
+    }
+    let probe: SchemaProbe = serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_data() {
+            invalid("the top level is not a JSON object".into())
+        } else {
+            json_error(&e, path)
+        }
+    })?;
+    match probe.schema {
+        None => return Err(invalid("missing required field `schema`".into())),
+        Some(Value::String(s)) if s == SNAPSHOT_SCHEMA => {}
+        Some(other) => {
+            return Err(SnapshotError::WrongSchema {
+                path: path.to_string(),
+                found: match other {
+                    Value::String(s) => s,
+                    v => v.to_string(),
+                },
+            })
+        }
+    }
+    let snap: Snapshot<I> = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    validate(&snap, path)?;
+    Ok(snap)
+}
+
+fn validate<I>(snap: &Snapshot<I>, path: &str) -> Result<(), SnapshotError> {
+    let invalid = |msg: String| SnapshotError::Invalid {
+        path: path.to_string(),
+        msg,
+    };
+    for (i, s) in snap.subscriptions.iter().enumerate() {
+        if s.subscription_id.trim().is_empty() {
+            return Err(invalid(format!(
+                "subscriptions[{i}].subscription_id is empty"
+            )));
+        }
+        let lists = [
+            ("virtual_machines", &s.virtual_machines),
+            ("disks", &s.disks),
+            ("snapshots", &s.snapshots),
+            ("disk_encryption_sets", &s.disk_encryption_sets),
+            ("recovery_services_vaults", &s.recovery_services_vaults),
+            ("key_vaults", &s.key_vaults),
+            ("managed_hsms", &s.managed_hsms),
+        ];
+        for (name, l) in lists {
+            if let Some(l) = l {
+                if l.value.is_none() && l.error.is_none() {
+                    return Err(invalid(format!(
+                        "subscriptions[{i}].{name} has neither `value` nor `error`"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn json_error(e: &serde_json::Error, path: &str) -> SnapshotError {

@@ -1,34 +1,42 @@
 //! `cvm-backup/check/v1`: the frozen JSON document of CONTRACT.md section 4.
 //!
 //! These types are the contract. They are built from the report, never by serialising internal
-//! structs, so internal changes cannot break consumers. The schema is `docs/check-v1.schema.json`.
+//! structs, so internal changes cannot break consumers. They borrow from the report and the
+//! per-VM parts are produced while writing, so a large report is streamed, not copied. The schema
+//! is `docs/check-v1.schema.json`.
 
-use serde::Serialize;
-use serde_json::{Map, Value};
+use std::io::Write;
+
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 
-use crate::report::{Report, RuleResult};
-use crate::rules::{Remediation, RuleMeta};
+use crate::report::{Report, RuleResult, SubscriptionReport, VmReport};
+use crate::rules::RuleMeta;
+use crate::snapshot::ErrorRecord;
 
 pub const SCHEMA: &str = "cvm-backup/check/v1";
 
 #[derive(Serialize)]
-pub struct CheckV1 {
-    pub schema: &'static str,
-    pub tool: Tool,
-    pub ruleset: Ruleset,
-    pub generated_at: String,
-    pub complete: bool,
-    pub summary: Summary,
-    pub subscriptions: Vec<Subscription>,
-    pub vms: Vec<VmV1>,
-    pub errors: Vec<ErrorV1>,
+struct CheckV1<'a> {
+    schema: &'static str,
+    tool: Tool,
+    ruleset: Ruleset,
+    generated_at: String,
+    complete: bool,
+    summary: Summary,
+    #[serde(serialize_with = "subscriptions")]
+    subscriptions: &'a [SubscriptionReport],
+    #[serde(serialize_with = "vms")]
+    vms: &'a [VmReport],
+    #[serde(serialize_with = "errors")]
+    errors: &'a [ErrorRecord],
 }
 
 #[derive(Serialize)]
-pub struct Tool {
-    pub name: &'static str,
-    pub version: &'static str,
+struct Tool {
+    name: &'static str,
+    version: &'static str,
 }
 
 #[derive(Serialize)]
@@ -38,69 +46,71 @@ pub struct Ruleset {
 }
 
 #[derive(Serialize)]
-pub struct Summary {
-    pub vms: usize,
-    pub not_applicable: usize,
-    pub viable: usize,
-    pub viable_with_warnings: usize,
-    pub not_viable: usize,
-    pub unknown: usize,
+struct Summary {
+    vms: usize,
+    not_applicable: usize,
+    viable: usize,
+    viable_with_warnings: usize,
+    not_viable: usize,
+    unknown: usize,
 }
 
 #[derive(Serialize)]
-pub struct Subscription {
-    pub id: String,
-    pub results: Vec<ResultV1>,
+struct SubscriptionV1<'a> {
+    id: &'a str,
+    #[serde(serialize_with = "results")]
+    results: &'a [RuleResult],
 }
 
 #[derive(Serialize)]
-pub struct VmV1 {
-    pub id: String,
-    pub name: String,
-    pub subscription_id: String,
-    pub resource_group: String,
-    pub location: String,
-    pub size: Option<String>,
-    pub verdict: &'static str,
-    pub results: Vec<ResultV1>,
+struct VmV1<'a> {
+    id: &'a str,
+    name: &'a str,
+    subscription_id: &'a str,
+    resource_group: &'a str,
+    location: &'a str,
+    size: Option<&'a str>,
+    verdict: &'static str,
+    #[serde(serialize_with = "results")]
+    results: &'a [RuleResult],
 }
 
 #[derive(Serialize)]
-pub struct ResultV1 {
-    pub rule: &'static str,
+struct ResultV1<'a> {
+    rule: &'static str,
     #[serde(rename = "ref")]
-    pub reference: &'static str,
-    pub severity: &'static str,
-    pub outcome: &'static str,
-    pub message: String,
-    pub evidence: Map<String, Value>,
+    reference: &'static str,
+    severity: &'static str,
+    outcome: &'static str,
+    message: &'a str,
+    evidence: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub remediation: Option<RemediationV1>,
-    pub docs_url: &'static str,
+    remediation: Option<RemediationV1<'a>>,
+    docs_url: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub waiver: Option<WaiverV1>,
+    waiver: Option<WaiverV1<'a>>,
 }
 
 #[derive(Serialize)]
-pub struct RemediationV1 {
-    pub text: String,
-    pub commands: Vec<String>,
+struct RemediationV1<'a> {
+    text: &'a str,
+    commands: &'a [String],
 }
 
 #[derive(Serialize)]
-pub struct WaiverV1 {
-    pub reason: String,
-    pub expires: String,
-    pub original: &'static str,
+struct WaiverV1<'a> {
+    reason: &'a str,
+    expires: &'a str,
+    original: &'static str,
 }
 
 #[derive(Serialize)]
-pub struct ErrorV1 {
-    pub scope: String,
-    pub operation: String,
-    pub status: Option<u16>,
-    pub code: Option<String>,
-    pub message: String,
+struct ErrorV1<'a> {
+    scope: &'a str,
+    operation: &'a str,
+    status: Option<u16>,
+    code: Option<&'a str>,
+    message: &'a str,
 }
 
 /// `rules --format json`.
@@ -132,32 +142,62 @@ impl From<&RuleMeta> for RuleV1 {
     }
 }
 
-fn remediation(r: &Remediation) -> RemediationV1 {
-    RemediationV1 {
-        text: r.text.clone(),
-        commands: r.commands.clone(),
-    }
-}
-
-fn result(r: &RuleResult) -> ResultV1 {
+fn result(r: &RuleResult) -> ResultV1<'_> {
     ResultV1 {
         rule: r.meta.name,
         reference: r.meta.reference,
         severity: r.severity.as_str(),
         outcome: r.outcome.as_str(),
-        message: r.message.clone(),
-        evidence: r.evidence.clone(),
-        remediation: r.remediation.as_ref().map(remediation),
+        message: &r.message,
+        evidence: &r.evidence,
+        remediation: r.remediation.as_ref().map(|x| RemediationV1 {
+            text: &x.text,
+            commands: &x.commands,
+        }),
         docs_url: r.meta.docs_url,
         waiver: r.waiver.as_ref().map(|w| WaiverV1 {
-            reason: w.reason.clone(),
-            expires: w.expires.clone(),
+            reason: &w.reason,
+            expires: &w.expires,
             original: w.original.as_str(),
         }),
     }
 }
 
-pub fn document(report: &Report) -> CheckV1 {
+fn results<S: Serializer>(rs: &&[RuleResult], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(rs.iter().map(result))
+}
+
+fn subscriptions<S: Serializer>(subs: &&[SubscriptionReport], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(subs.iter().map(|x| SubscriptionV1 {
+        id: &x.id,
+        results: &x.results,
+    }))
+}
+
+fn vms<S: Serializer>(vms: &&[VmReport], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(vms.iter().map(|v| VmV1 {
+        id: &v.id,
+        name: &v.name,
+        subscription_id: &v.subscription_id,
+        resource_group: &v.resource_group,
+        location: &v.location,
+        size: v.size.as_deref(),
+        verdict: v.verdict.as_str(),
+        results: &v.results,
+    }))
+}
+
+fn errors<S: Serializer>(es: &&[ErrorRecord], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(es.iter().map(|e| ErrorV1 {
+        scope: &e.scope,
+        operation: &e.operation,
+        status: e.status,
+        code: e.code.as_deref(),
+        message: &e.message,
+    }))
+}
+
+fn document(report: &Report) -> CheckV1<'_> {
     let s = report.summary();
     CheckV1 {
         schema: SCHEMA,
@@ -182,44 +222,22 @@ pub fn document(report: &Report) -> CheckV1 {
             not_viable: s.not_viable,
             unknown: s.unknown,
         },
-        subscriptions: report
-            .subscriptions
-            .iter()
-            .map(|s| Subscription {
-                id: s.id.clone(),
-                results: s.results.iter().map(result).collect(),
-            })
-            .collect(),
-        vms: report
-            .vms
-            .iter()
-            .map(|v| VmV1 {
-                id: v.id.clone(),
-                name: v.name.clone(),
-                subscription_id: v.subscription_id.clone(),
-                resource_group: v.resource_group.clone(),
-                location: v.location.clone(),
-                size: v.size.clone(),
-                verdict: v.verdict.as_str(),
-                results: v.results.iter().map(result).collect(),
-            })
-            .collect(),
-        errors: report
-            .errors
-            .iter()
-            .map(|e| ErrorV1 {
-                scope: e.scope.clone(),
-                operation: e.operation.clone(),
-                status: e.status,
-                code: e.code.clone(),
-                message: e.message.clone(),
-            })
-            .collect(),
+        subscriptions: &report.subscriptions,
+        vms: &report.vms,
+        errors: &report.errors,
     }
 }
 
+/// Streams the document (pretty-printed, with a final newline) to `w`.
+pub fn write(report: &Report, w: &mut dyn Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *w, &document(report))?;
+    w.write_all(b"\n")
+}
+
+/// The document as a string (small reports, tests).
 pub fn render(report: &Report) -> String {
-    let mut s = serde_json::to_string_pretty(&document(report)).unwrap_or_default();
-    s.push('\n');
-    s
+    let mut buf = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = write(report, &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
 }

@@ -18,6 +18,25 @@ pub fn emit(text: &str, output: Option<&Path>) -> std::io::Result<()> {
     }
 }
 
+/// Streams a document to `--output FILE` or stdout through a buffer.
+pub fn emit_with(
+    output: Option<&Path>,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    match output {
+        Some(p) => {
+            let mut w = std::io::BufWriter::new(std::fs::File::create(p)?);
+            write(&mut w)?;
+            w.flush()
+        }
+        None => {
+            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+            write(&mut w)?;
+            w.flush()
+        }
+    }
+}
+
 /// A one-line diagnostic on stderr ("warning: ...", "error: ...").
 pub fn diag(level: &str, msg: &str) {
     let mut err = std::io::stderr().lock();
