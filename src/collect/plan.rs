@@ -836,6 +836,118 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    /// An in-memory [`AzureApi`]: the plan runs against anything that implements the trait.
+    struct FakeApi {
+        /// Answer for every read: `None` = an empty list / `{}`; `Some(status)` = that error.
+        status: Option<u16>,
+        reads: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl AzureApi for FakeApi {
+        async fn get(&self, r: &Read) -> GetOutcome {
+            self.reads.lock().unwrap().push(r.url.path().to_string());
+            match self.status {
+                None => Ok(json!({"id": "x", "properties": {"state": "Registered"}})),
+                Some(st) => Err(self.failure(r, st)),
+            }
+        }
+        async fn list(&self, r: &Read) -> ListOutcome {
+            self.reads.lock().unwrap().push(r.url.path().to_string());
+            match self.status {
+                None => ListOutcome {
+                    items: Vec::new(),
+                    pages: 1,
+                    error: None,
+                },
+                Some(st) => ListOutcome {
+                    error: Some(self.failure(r, st)),
+                    ..Default::default()
+                },
+            }
+        }
+    }
+
+    impl FakeApi {
+        fn new(status: Option<u16>) -> Self {
+            FakeApi {
+                status,
+                reads: std::sync::Mutex::new(Vec::new()),
+            }
+        }
+        fn failure(&self, r: &Read, st: u16) -> Failure {
+            Failure {
+                kind: FailureKind::Http(st),
+                record: ErrorRecord {
+                    scope: r.scope.clone(),
+                    operation: r.operation.clone(),
+                    status: Some(st),
+                    code: Some(
+                        if st == 401 {
+                            "InvalidAuthenticationToken"
+                        } else {
+                            "AuthorizationFailed"
+                        }
+                        .into(),
+                    ),
+                    message: "fake".into(),
+                },
+            }
+        }
+    }
+
+    fn cfg(subs: &[&str]) -> PlanConfig {
+        PlanConfig {
+            arm: Url::parse("https://management.azure.com").unwrap(),
+            graph: Url::parse("https://graph.microsoft.com").unwrap(),
+            arm_shown: "https://management.azure.com".into(),
+            graph_shown: "https://graph.microsoft.com".into(),
+            subscriptions: subs.iter().map(|s| s.to_string()).collect(),
+            principal_override: None,
+            features: vec![PREVIEW_FEATURE.into()],
+            static_token: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_plan_runs_against_any_api_and_reads_each_list_once() {
+        let api = FakeApi::new(None);
+        let snap = run(&api, &cfg(&["s1", "S1", "s2"]), &Progress::hidden())
+            .await
+            .unwrap();
+        assert_eq!(
+            snap.subscriptions.len(),
+            2,
+            "duplicate --subscription read twice"
+        );
+        assert_eq!(snap.source.as_deref(), Some("arm"));
+        let s = &snap.subscriptions[0];
+        assert!(s.virtual_machines.is_some() && s.managed_hsms.is_some());
+        assert!(s.features.contains_key(PREVIEW_FEATURE));
+        // 7 lists + 1 feature per subscription, plus the Graph lookup.
+        assert_eq!(api.reads.lock().unwrap().len(), 2 * 8 + 1);
+    }
+
+    #[tokio::test]
+    async fn only_401s_everywhere_is_an_authentication_error() {
+        let api = FakeApi::new(Some(401));
+        let e = run(&api, &cfg(&["s1"]), &Progress::hidden())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, CollectError::Auth(ref m) if m.contains("401 InvalidAuthenticationToken")),
+            "{e}"
+        );
+        // 403s everywhere are answers: an incomplete snapshot, one unreadable scope.
+        let api = FakeApi::new(Some(403));
+        let snap = run(&api, &cfg(&["s1"]), &Progress::hidden()).await.unwrap();
+        let err = snap.subscriptions[0].error.as_ref().unwrap();
+        assert_eq!(
+            (err.status, err.scope.as_str()),
+            (Some(403), "/subscriptions/s1")
+        );
+    }
+
     #[test]
     fn urls_keep_the_endpoint_prefix_and_encode_the_filter() {
         let base = Url::parse("http://127.0.0.1:9/graph/").unwrap();
