@@ -238,6 +238,16 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
 
 fn collect_cmd(args: cli::CollectArgs) -> Result<i32, AppError> {
     init_logging(&args.out);
+    // Fail before reading Azure, not after: the directory must exist.
+    if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(AppError::Usage(format!(
+                "cannot write {}: directory {} does not exist",
+                args.output.display(),
+                dir.display()
+            )));
+        }
+    }
     let opts = collect_options(
         &args.connection,
         &args.scope,

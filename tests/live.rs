@@ -1236,6 +1236,8 @@ fn when_no_credential_works_one_message_says_what_was_tried() {
     assert!(emu.requests().is_empty(), "nothing is read without a token");
 
     // azure_identity's AZURE_CREDENTIAL_KIND picks one source; its failure is exit 4 too.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.json");
     let mut c = cvm();
     c.args([
         "collect",
@@ -1244,7 +1246,7 @@ fn when_no_credential_works_one_message_says_what_was_tried() {
         "--graph-endpoint",
         &emu.graph(),
         "-o",
-        "/nonexistent/x.json",
+        out.to_str().unwrap(),
     ]);
     let r = run(c);
     assert_eq!(r.code, 4, "{}", r.stderr);
@@ -1253,5 +1255,19 @@ fn when_no_credential_works_one_message_says_what_was_tried() {
         "{}",
         r.stderr
     );
+    assert!(emu.requests().is_empty());
+    assert!(
+        !out.exists(),
+        "no snapshot is written when nothing could be read"
+    );
+
+    // A snapshot that cannot be written is refused before Azure is read.
+    let mut c = cvm();
+    c.arg("collect")
+        .args(conn(&emu))
+        .args(["-o", "/nonexistent-dir/x.json"]);
+    let r = run(c);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
     assert!(emu.requests().is_empty());
 }
