@@ -605,6 +605,11 @@ fn throttled_reads_are_retried_and_the_run_stays_complete() {
         )
         .times(1),
     );
+    emu.fault(
+        Fault::status("/backupstorageconfig", 500, "InternalServerError")
+            .bare()
+            .times(2),
+    );
     // Retry-After as an HTTP date, one second ahead.
     let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
     let fmt = time::macros::format_description!(
@@ -626,6 +631,7 @@ fn throttled_reads_are_retried_and_the_run_stays_complete() {
     assert_eq!(emu.count("/backupPolicies"), 2);
     assert_eq!(emu.count("/providers/Microsoft.Compute/snapshots"), 2);
     assert_eq!(emu.count("/backupProtectedItems"), 2);
+    assert_eq!(emu.count("/backupstorageconfig"), 3);
 }
 
 #[test]
