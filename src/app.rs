@@ -168,7 +168,29 @@ fn load_config(explicit: Option<&Path>, no_config: bool) -> Result<Config, AppEr
     }
 }
 
+/// Logs on stderr through `tracing`: warnings by default, one line per HTTP request with `-v`,
+/// debug with `-vv`, errors only with `-q`. Other crates never go below `warn`, whatever the
+/// level: azure_core's debug output prints request headers, bearer token included.
+pub fn init_logging(out: &cli::OutputArgs) {
+    let own = match (out.quiet, out.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let others = if out.quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::new(format!("{others},cvm_backup={own}"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
 fn check(args: CheckArgs) -> Result<i32, AppError> {
+    init_logging(&args.out);
     let now = now()?;
     let cfg = load_config(args.config.as_deref(), args.no_config)?;
     // A command-line flag wins over the same setting in the file.
@@ -269,6 +291,17 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
 }
 
 fn collect_cmd(args: cli::CollectArgs) -> Result<i32, AppError> {
+    init_logging(&args.out);
+    // Fail before reading Azure, not after: the directory must exist.
+    if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(AppError::Usage(format!(
+                "cannot write {}: directory {} does not exist",
+                args.output.display(),
+                dir.display()
+            )));
+        }
+    }
     // The config's opt_out_features are read too, so CVMB005 can be evaluated from the snapshot.
     let cfg = load_config(args.config.as_deref(), args.no_config)?;
     let opts = collect_options(

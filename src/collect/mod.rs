@@ -3,8 +3,15 @@
 //! Produces a [`Snapshot`]: the live `check` and `collect` share this one function, and
 //! `check` evaluates its result exactly as `check --from` evaluates a file.
 
-use std::time::Duration;
+pub mod api;
+pub mod credential;
+pub mod http;
+pub mod plan;
+pub mod progress;
 
+use std::time::{Duration, Instant};
+
+use crate::endpoint;
 use crate::snapshot::Snapshot;
 
 /// Everything the collector needs to know. Built by the binary from flags, env and config.
@@ -60,10 +67,114 @@ pub enum CollectError {
     Unreachable(String),
 }
 
-/// Collect the estate. Not yet implemented: see issue 3.
+/// Collect the estate: every read of the plan (see `plan.rs`), through the HTTP layer (see
+/// `http.rs`). Partial failures are inside the snapshot; `Err` only when the options are
+/// unusable (exit 2) or nothing could be read (exit 4).
 pub async fn collect(opts: &CollectOptions) -> Result<Snapshot, CollectError> {
-    let _ = opts;
-    Err(CollectError::Unreachable(
-        "live collection is not implemented yet; use --from SNAPSHOT".into(),
-    ))
+    // Everything a user can get wrong is decided here, before any connection.
+    let arm = endpoint::check("--arm-endpoint", &opts.arm_endpoint).map_err(CollectError::Usage)?;
+    let graph =
+        endpoint::check("--graph-endpoint", &opts.graph_endpoint).map_err(CollectError::Usage)?;
+    for s in &opts.subscriptions {
+        if s.trim().is_empty() || s.contains(['/', '?', '#']) || s.chars().any(char::is_whitespace)
+        {
+            return Err(CollectError::Usage(format!(
+                "--subscription {s:?} is not a subscription id (expected a GUID such as 00000000-0000-0000-0000-000000000000)"
+            )));
+        }
+    }
+    if opts
+        .access_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        return Err(CollectError::Usage(
+            "--access-token (or CVM_BACKUP_ACCESS_TOKEN) is empty".into(),
+        ));
+    }
+    if opts.concurrency == 0 {
+        return Err(CollectError::Usage(
+            "--concurrency must be at least 1".into(),
+        ));
+    }
+    if opts.timeout.is_zero() || opts.request_timeout.is_zero() {
+        return Err(CollectError::Usage(
+            "--timeout and --request-timeout must be at least 1 second".into(),
+        ));
+    }
+    let start = Instant::now();
+    let deadline = start + opts.timeout;
+
+    let redactor = http::Redactor::default();
+    if let Some(t) = &opts.access_token {
+        redactor.add(t.trim());
+    }
+    let credential = credential::build(opts.access_token.as_deref(), opts.request_timeout)
+        .map_err(CollectError::Auth)?;
+    if opts.access_token.is_none() {
+        // Find a working credential once, up front: no login means one clear message now,
+        // not a failed read per subscription.
+        let scope = http::default_scope(&arm);
+        let limit = opts.timeout.min(Duration::from_secs(120));
+        match tokio::time::timeout(limit, credential.get_token(&[scope.as_str()])).await {
+            Ok(Ok(t)) => redactor.add(t.token.secret()),
+            Ok(Err(e)) => {
+                let msg = redactor.scrub(&e.to_string());
+                return Err(CollectError::Auth(if msg.contains("az login") {
+                    msg
+                } else {
+                    format!("{msg}\n{}", credential::LOGIN_HELP)
+                }));
+            }
+            Err(_) => {
+                return Err(CollectError::Auth(format!(
+                    "no credential produced a token for {scope} within {} s.\n{}",
+                    limit.as_secs(),
+                    credential::LOGIN_HELP
+                )))
+            }
+        }
+    }
+
+    let settings = http::HttpSettings {
+        arm_endpoint: arm.clone(),
+        graph_endpoint: graph.clone(),
+        concurrency: opts.concurrency,
+        request_timeout: opts.request_timeout,
+        overall_timeout: opts.timeout,
+        deadline,
+    };
+    let api = http::PipelineApi::new(&settings, credential, redactor)
+        .map_err(CollectError::Unreachable)?;
+
+    let mut features = vec![plan::PREVIEW_FEATURE.to_string()];
+    for f in &opts.extra_features {
+        if !features.iter().any(|x| x.eq_ignore_ascii_case(f)) {
+            features.push(f.clone());
+        }
+    }
+    let cfg = plan::PlanConfig {
+        arm,
+        graph,
+        arm_shown: opts.arm_endpoint.trim().to_string(),
+        graph_shown: opts.graph_endpoint.trim().to_string(),
+        subscriptions: opts
+            .subscriptions
+            .iter()
+            .map(|s| s.trim().to_string())
+            .collect(),
+        principal_override: opts
+            .backup_principal_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        features,
+        static_token: opts.access_token.is_some(),
+    };
+    let progress = progress::Progress::new(opts.show_progress);
+    let result = plan::run(&api, &cfg, &progress).await;
+    progress.finish();
+    tracing::debug!("collection finished in {} ms", start.elapsed().as_millis());
+    result
 }

@@ -1,0 +1,3 @@
+//! Shared test support: the ARM emulator.
+
+pub mod emulator;
