@@ -214,6 +214,7 @@ fn live_check_of_the_demo_estate_equals_check_from_the_snapshot() {
         Config {
             page_size: 2,
             empty_first_page: true,
+            ..Config::default()
         },
     );
     let l = live(&emu, &[]);
@@ -396,6 +397,7 @@ fn same_outcomes_live_and_offline(rule: &str) {
             Config {
                 page_size: 3,
                 empty_first_page: false,
+                ..Config::default()
             },
         );
         let l = live(&emu, &extra);
@@ -1035,6 +1037,7 @@ fn one_malformed_resource_does_not_lose_its_page() {
         Config {
             page_size: 2,
             empty_first_page: false,
+            ..Config::default()
         },
     );
     let l = live(&emu, &[]);

@@ -1,5 +1,6 @@
-//! An ARM emulator for the end-to-end tests: serves, on 127.0.0.1, the estate held in a snapshot
-//! file (the same fixtures `check --from` reads), at the exact paths the collector reads.
+//! An ARM emulator for the end-to-end tests and the scale benchmark: serves, on 127.0.0.1, the
+//! estate held in a snapshot (the same fixtures `check --from` reads, or a generated estate), at
+//! the exact paths the collector reads.
 //!
 //! - Lists are paged (`page_size`), with absolute `nextLink`s and, optionally, an empty first page
 //!   that still carries a `nextLink`.
@@ -9,9 +10,18 @@
 //! - Managed HSM `hsmUri`s that may be contacted are rewritten to `http://127.0.0.1:PORT/hsm/<name>/`
 //!   and their data plane is served there; Graph is served under `/graph`; a token endpoint for
 //!   the service-principal flow under `/<tenant>/oauth2/v2.0/token`.
-//! - Faults can be injected per path (substring, case-insensitive): an HTTP error, a slow answer,
-//!   a dropped connection, a `nextLink` to another host.
-//! - Every request is recorded with its `Authorization` header.
+//! - Azure Resource Graph: `POST /providers/Microsoft.ResourceGraph/resources` answers the queries
+//!   the collector sends (`resources | where type =~ '…' | project …` and the subscriptions of
+//!   `resourcecontainers`) over `subscriptions` or `managementGroups`, paged with `$skipToken`,
+//!   projected to the requested columns, with the user-quota headers when a quota is set.
+//! - Optional realism (see [`Config`]): a fixed latency per answer, and ARM's read bucket per
+//!   subscription (tenant-level reads share one) answering 429 with `Retry-After` once empty.
+//! - Faults can be injected per path (substring, case-insensitive) and, optionally, request body:
+//!   an HTTP error, a slow answer, a dropped connection, a `nextLink` to another host.
+//! - Every request is recorded with its `Authorization` header and body.
+//!
+//! Items are held as JSON text (`Box<RawValue>`), so a 50k-VM estate is served from about the
+//! size of its JSON and a page costs one copy of its items.
 
 #![allow(dead_code)]
 
@@ -20,15 +30,19 @@ use std::convert::Infallible;
 use std::net::TcpListener as StdListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
 
 use cvm_backup::snapshot::{ErrorRecord, HsmRbac, ListRead, SingleRead, Snapshot};
+
+/// An item as JSON text.
+pub type Raw = Box<RawValue>;
 
 /// One request the emulator saw.
 #[derive(Debug, Clone)]
@@ -39,6 +53,10 @@ pub struct Seen {
     pub query: String,
     pub authorization: Option<String>,
     pub body: String,
+    /// The HTTP status it was answered with (0: the connection was dropped).
+    pub status: u16,
+    /// When it arrived, from the emulator's start.
+    pub at: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +82,8 @@ pub enum FaultKind {
 pub struct Fault {
     /// Matches when the decoded path contains this (case-insensitive); "" matches everything.
     pub path: String,
+    /// And, when set, the request body contains this (case-insensitive).
+    pub body: Option<String>,
     pub kind: FaultKind,
     /// How many requests it applies to; `None`: all.
     pub times: Option<usize>,
@@ -73,6 +93,7 @@ impl Fault {
     pub fn status(path: &str, status: u16, code: &str) -> Fault {
         Fault {
             path: path.into(),
+            body: None,
             kind: FaultKind::Status {
                 status,
                 code: code.into(),
@@ -87,6 +108,7 @@ impl Fault {
     pub fn throttle(path: &str, n: usize, header: &str, value: &str) -> Fault {
         Fault {
             path: path.into(),
+            body: None,
             kind: FaultKind::Status {
                 status: 429,
                 code: "TooManyRequests".into(),
@@ -100,6 +122,7 @@ impl Fault {
     pub fn slow(path: &str, d: Duration) -> Fault {
         Fault {
             path: path.into(),
+            body: None,
             kind: FaultKind::Slow(d),
             times: None,
         }
@@ -107,6 +130,7 @@ impl Fault {
     pub fn drop_connection(path: &str) -> Fault {
         Fault {
             path: path.into(),
+            body: None,
             kind: FaultKind::Drop,
             times: None,
         }
@@ -114,12 +138,18 @@ impl Fault {
     pub fn next_link_to(path: &str, base: &str) -> Fault {
         Fault {
             path: path.into(),
+            body: None,
             kind: FaultKind::NextLinkTo(base.into()),
             times: None,
         }
     }
     pub fn times(mut self, n: usize) -> Fault {
         self.times = Some(n);
+        self
+    }
+    /// Only requests whose body contains `part` (case-insensitive), e.g. one Resource Graph type.
+    pub fn when_body(mut self, part: &str) -> Fault {
+        self.body = Some(part.into());
         self
     }
     pub fn bare(mut self) -> Fault {
@@ -141,6 +171,13 @@ pub struct Config {
     pub page_size: usize,
     /// Start every list with an empty page that carries a nextLink.
     pub empty_first_page: bool,
+    /// Every answer waits this long before it is sent.
+    pub latency: Duration,
+    /// ARM's read bucket per subscription and principal, `(burst, refill per second)`; reads
+    /// outside a subscription share one bucket. Past it: 429 with `Retry-After`.
+    pub arm_bucket: Option<(f64, f64)>,
+    /// Resource Graph's per-user quota: this many queries per window. Past it: 429.
+    pub arg_quota: Option<(u32, Duration)>,
 }
 
 impl Default for Config {
@@ -148,30 +185,63 @@ impl Default for Config {
         Config {
             page_size: 1000,
             empty_first_page: false,
+            latency: Duration::ZERO,
+            arm_bucket: None,
+            arg_quota: None,
         }
     }
 }
 
-/// The estate, indexed by lower-cased path.
+impl Config {
+    /// The benchmark's ARM: 20 ms per answer, pages of 100, the 250/25 read bucket.
+    pub fn azure_like() -> Config {
+        Config {
+            page_size: 100,
+            empty_first_page: false,
+            latency: Duration::from_millis(20),
+            arm_bucket: Some((250.0, 25.0)),
+            arg_quota: None,
+        }
+    }
+}
+
+/// The estate, indexed by lower-cased path. Read-only once built.
 #[derive(Default)]
 struct Served {
-    subscriptions: Vec<Value>,
+    /// Subscription ids (case kept), in snapshot order, with their display names.
+    subscriptions: Vec<(String, String)>,
     sub_errors: HashMap<String, ErrorRecord>,
-    lists: HashMap<String, ListRead>,
-    singles: HashMap<String, SingleRead>,
-    hsms: HashMap<String, HsmRbac>,
-    principal: Option<SingleRead>,
+    lists: HashMap<String, ListRead<Raw>>,
+    singles: HashMap<String, SingleRead<Raw>>,
+    hsms: HashMap<String, HsmRbac<Raw>>,
+    principal: Option<SingleRead<Raw>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
 }
 
 struct State {
-    served: Served,
+    served: Arc<Served>,
     config: Config,
     port: u16,
+    started: Instant,
     faults: Vec<Fault>,
     seen: Vec<Seen>,
     request_counter: u64,
     in_flight: usize,
     max_in_flight: usize,
+    buckets: HashMap<String, Bucket>,
+    /// 429s answered because a bucket was empty.
+    throttled: usize,
+    /// Resource Graph quota window: its start and the queries counted in it.
+    arg_window: Option<(Instant, u32)>,
+    /// 429s answered because the Resource Graph quota was spent.
+    arg_throttled: usize,
+    /// Resource Graph answers that said the quota is spent (`x-ms-user-quota-remaining: 0`).
+    arg_exhausted_answers: usize,
+    management_groups: HashMap<String, Vec<String>>,
 }
 
 /// Counts a request as in flight until its handler ends (or is dropped with its connection).
@@ -214,31 +284,37 @@ fn contactable(uri: &str) -> bool {
     cvm_backup::endpoint::check("hsmUri", uri).is_ok()
 }
 
-fn build(snap: &Snapshot, port: u16) -> Served {
+fn raw(v: &Value) -> Raw {
+    RawValue::from_string(v.to_string()).unwrap()
+}
+
+fn parse(r: &RawValue) -> Value {
+    serde_json::from_str(r.get()).unwrap_or(Value::Null)
+}
+
+/// A snapshot of values as a snapshot of JSON text (what the emulator serves from).
+pub fn to_raw(snap: &Snapshot) -> Snapshot<Raw> {
+    let text = serde_json::to_string(snap).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn build(snap: &Snapshot<Raw>, port: u16) -> Served {
     let mut s = Served {
         principal: snap.backup_principal.clone(),
         ..Default::default()
     };
-    let hsm_names: HashMap<String, String> = snap
-        .subscriptions
-        .iter()
-        .filter_map(|x| x.managed_hsms.as_ref())
-        .flat_map(|l| l.items().iter())
-        .filter_map(|h| Some((lc(h.get("id")?.as_str()?), lc(h.get("name")?.as_str()?))))
-        .collect();
+    let mut hsm_names: HashMap<String, String> = HashMap::new();
     for sub in &snap.subscriptions {
         let id = &sub.subscription_id;
-        s.subscriptions.push(json!({
-            "id": format!("/subscriptions/{id}"),
-            "subscriptionId": id,
-            "displayName": sub.display_name.clone().unwrap_or_else(|| id.clone()),
-            "state": "Enabled",
-        }));
+        s.subscriptions.push((
+            id.clone(),
+            sub.display_name.clone().unwrap_or_else(|| id.clone()),
+        ));
         if let Some(e) = &sub.error {
             s.sub_errors.insert(lc(id), e.clone());
         }
         let base = format!("/subscriptions/{}/providers/", lc(id));
-        let mut put = |p: &str, l: &Option<ListRead>| {
+        let mut put = |p: &str, l: &Option<ListRead<Raw>>| {
             if let Some(l) = l {
                 s.lists.insert(format!("{base}{p}"), l.clone());
             }
@@ -257,23 +333,33 @@ fn build(snap: &Snapshot, port: u16) -> Served {
         put("microsoft.keyvault/vaults", &sub.key_vaults);
         // HSMs: point the data plane at this emulator.
         if let Some(l) = &sub.managed_hsms {
-            let mut l = l.clone();
-            if let Some(items) = l.value.as_mut() {
-                for h in items.iter_mut() {
+            let mut out: ListRead<Raw> = ListRead {
+                value: None,
+                error: l.error.clone(),
+            };
+            if let Some(items) = &l.value {
+                let mut v = Vec::with_capacity(items.len());
+                for item in items {
+                    let mut h = parse(item);
                     let name = h
                         .get("name")
                         .and_then(Value::as_str)
                         .map(lc)
                         .unwrap_or_default();
+                    if let Some(id) = h.get("id").and_then(Value::as_str) {
+                        hsm_names.insert(lc(id), name.clone());
+                    }
                     if let Some(uri) = h.pointer_mut("/properties/hsmUri") {
                         if uri.as_str().is_some_and(contactable) {
                             *uri = Value::String(format!("http://127.0.0.1:{port}/hsm/{name}/"));
                         }
                     }
+                    v.push(raw(&h));
                 }
+                out.value = Some(v);
             }
             s.lists
-                .insert(format!("{base}microsoft.keyvault/managedhsms"), l);
+                .insert(format!("{base}microsoft.keyvault/managedhsms"), out);
         }
         for (name, read) in &sub.features {
             if let Some((ns, f)) = name.split_once('/') {
@@ -350,7 +436,8 @@ fn query_pairs(q: &str) -> Vec<(String, String)> {
 }
 
 enum Reply {
-    Json(u16, Value, Vec<(String, String)>),
+    /// Status, JSON body text, extra headers.
+    Json(u16, String, Vec<(String, String)>),
     Drop,
 }
 
@@ -365,7 +452,7 @@ fn envelope(status: u16, code: &str, message: &str, bare: bool) -> Reply {
         // Keeps retries of recorded failures fast; the collector honours it.
         headers.push(("retry-after-ms".to_string(), "1".to_string()));
     }
-    Reply::Json(status, body, headers)
+    Reply::Json(status, body.to_string(), headers)
 }
 
 fn error_reply(e: &ErrorRecord) -> Reply {
@@ -384,35 +471,161 @@ fn not_here(path: &str) -> Reply {
     )
 }
 
-impl State {
-    fn page(&self, list: &ListRead, path: &str, query: &str, next_base: Option<&str>) -> Reply {
+fn bad_request(msg: &str) -> Reply {
+    envelope(400, "BadRequest", &format!("emulator: {msg}"), false)
+}
+
+/// `[a,b,…]` from items as text.
+fn join_items<'a>(items: impl Iterator<Item = &'a str>, out: &mut String) {
+    out.push('[');
+    for (i, it) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(it);
+    }
+    out.push(']');
+}
+
+/// `hh:mm:ss`, rounded up to the second (Resource Graph's `x-ms-user-quota-resets-after`).
+pub fn hhmmss(d: Duration) -> String {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// A Resource Graph query as the collector writes it: the table, the `type =~ '…'` filter and
+/// the projected columns. Anything else is refused, so the tests see the exact query shape.
+#[derive(Debug, PartialEq)]
+pub struct ParsedQuery {
+    pub table: String,
+    pub type_filter: String,
+    pub columns: Vec<String>,
+}
+
+pub fn parse_query(q: &str) -> Result<ParsedQuery, String> {
+    let mut parts = q.split('|').map(str::trim);
+    let table = parts.next().unwrap_or_default().to_ascii_lowercase();
+    if table != "resources" && table != "resourcecontainers" {
+        return Err(format!("unsupported table {table:?}"));
+    }
+    let mut type_filter = None;
+    let mut columns = None;
+    for p in parts {
+        let low = p.to_ascii_lowercase();
+        if let Some(rest) = low.strip_prefix("where ") {
+            let rest = rest.trim();
+            let Some(v) = rest.strip_prefix("type =~ ") else {
+                return Err(format!("unsupported filter {p:?}"));
+            };
+            let v = v.trim();
+            if !(v.len() >= 2 && v.starts_with('\'') && v.ends_with('\'')) {
+                return Err(format!("unquoted type in {p:?}"));
+            }
+            type_filter = Some(v[1..v.len() - 1].to_string());
+        } else if p.starts_with("project ") {
+            columns = Some(
+                p["project ".len()..]
+                    .split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect::<Vec<_>>(),
+            );
+        } else if low.starts_with("order by ") {
+            // Ordering does not change which rows come back.
+        } else {
+            return Err(format!("unsupported operator {p:?}"));
+        }
+    }
+    let type_filter = type_filter.ok_or("no `where type =~ '…'` filter")?;
+    let columns = columns.ok_or("no `project` (paging needs `id`)")?;
+    if !columns.iter().any(|c| c == "id") {
+        return Err("`id` is not projected; Resource Graph cannot page without it".into());
+    }
+    Ok(ParsedQuery {
+        table,
+        type_filter,
+        columns,
+    })
+}
+
+/// Segment after `name` in an ARM id (case-insensitive), e.g. the resource group.
+fn id_segment(id: &str, name: &str) -> Option<String> {
+    let mut it = id.split('/');
+    while let Some(s) = it.next() {
+        if s.eq_ignore_ascii_case(name) {
+            return it.next().map(str::to_string);
+        }
+    }
+    None
+}
+
+/// One resource row as Resource Graph returns it: the projected columns only.
+fn project(item: &Map<String, Value>, columns: &[String]) -> Value {
+    let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+    let mut row = Map::new();
+    for c in columns {
+        let v = match c.as_str() {
+            "subscriptionId" => id_segment(id, "subscriptions").map(Value::String),
+            "resourceGroup" => id_segment(id, "resourceGroups").map(|g| Value::String(lc(&g))),
+            "type" => item
+                .get("type")
+                .and_then(Value::as_str)
+                .map(|t| Value::String(lc(t))),
+            other => item.get(other).cloned(),
+        };
+        row.insert(c.clone(), v.unwrap_or(Value::Null));
+    }
+    Value::Object(row)
+}
+
+impl Served {
+    fn page(
+        &self,
+        config: &Config,
+        list: &ListRead<Raw>,
+        path: &str,
+        query: &str,
+        next_base: Option<&str>,
+        port: u16,
+    ) -> Reply {
         let pairs = query_pairs(query);
         let page: usize = pairs
             .iter()
             .find(|(k, _)| k == "$skiptoken")
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0);
-        let mut pages: Vec<Vec<Value>> = Vec::new();
-        if self.config.empty_first_page {
-            pages.push(Vec::new());
-        }
+        let size = config.page_size.max(1);
+        let lead = usize::from(config.empty_first_page);
+        let mut n = lead;
         if let Some(items) = &list.value {
-            for chunk in items.chunks(self.config.page_size.max(1)) {
-                pages.push(chunk.to_vec());
-            }
-            if items.is_empty() && pages.is_empty() {
-                pages.push(Vec::new());
+            n += items.len().div_ceil(size);
+            if items.is_empty() && n == 0 {
+                n = 1;
             }
         }
-        if page >= pages.len() {
+        if page >= n {
             return match &list.error {
                 Some(e) => error_reply(e),
-                None if page == 0 => Reply::Json(200, json!({"value": []}), Vec::new()),
+                None if page == 0 => Reply::Json(200, r#"{"value":[]}"#.into(), Vec::new()),
                 None => not_here(path),
             };
         }
-        let more = page + 1 < pages.len() || list.error.is_some();
-        let mut body = json!({"value": pages[page]});
+        let items = list.items();
+        let (a, b) = if page < lead {
+            (0, 0)
+        } else {
+            let k = page - lead;
+            (
+                (k * size).min(items.len()),
+                ((k + 1) * size).min(items.len()),
+            )
+        };
+        let more = page + 1 < n || list.error.is_some();
+        let mut body = String::with_capacity(
+            64 + items[a..b].iter().map(|i| i.get().len() + 1).sum::<usize>(),
+        );
+        body.push_str(r#"{"value":"#);
+        join_items(items[a..b].iter().map(|i| i.get()), &mut body);
         if more || next_base.is_some() {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             for (k, v) in pairs.iter().filter(|(k, _)| k != "$skiptoken") {
@@ -421,13 +634,16 @@ impl State {
             q.append_pair("$skiptoken", &(page + 1).to_string());
             let base = next_base
                 .map(str::to_string)
-                .unwrap_or_else(|| format!("http://127.0.0.1:{}", self.port));
-            body["nextLink"] = Value::String(format!("{base}{path}?{}", q.finish()));
+                .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
+            let link = format!("{base}{path}?{}", q.finish());
+            body.push_str(r#","nextLink":"#);
+            body.push_str(&Value::String(link).to_string());
         }
+        body.push('}');
         Reply::Json(200, body, Vec::new())
     }
 
-    fn single(&self, r: &SingleRead, graph: bool) -> Reply {
+    fn single(&self, r: &SingleRead<Raw>, graph: bool) -> Reply {
         if let Some(e) = &r.error {
             return error_reply(e);
         }
@@ -440,23 +656,49 @@ impl State {
             return envelope(404, code, "emulated: not found", false);
         }
         match &r.value {
-            Some(v) => Reply::Json(200, v.clone(), Vec::new()),
+            Some(v) => Reply::Json(200, v.get().to_string(), Vec::new()),
             None => envelope(404, "ResourceNotFound", "emulated: no value", false),
         }
     }
 
-    fn route(&self, path: &str, query: &str, next_base: Option<&str>) -> Reply {
+    fn subscription_list(&self) -> ListRead<Raw> {
+        ListRead {
+            value: Some(
+                self.subscriptions
+                    .iter()
+                    .map(|(id, name)| {
+                        raw(&json!({
+                            "id": format!("/subscriptions/{id}"),
+                            "subscriptionId": id,
+                            "displayName": name,
+                            "state": "Enabled",
+                        }))
+                    })
+                    .collect(),
+            ),
+            error: None,
+        }
+    }
+
+    fn route(
+        &self,
+        config: &Config,
+        port: u16,
+        path: &str,
+        query: &str,
+        next_base: Option<&str>,
+    ) -> Reply {
         let lp = trim_slash(&lc(path));
         if lp == "/subscriptions" {
-            let l = ListRead::ok(self.served.subscriptions.clone());
-            return self.page(&l, path, query, next_base);
+            let l = self.subscription_list();
+            return self.page(config, &l, path, query, next_base, port);
         }
         if let Some(rest) = lp.strip_prefix("/graph/") {
             let want = "v1.0/serviceprincipals(appid='262044b1-e2ce-469f-a196-69ab7ada62d3')";
             if rest != want {
                 return not_here(path);
             }
-            return match &self.served.principal {
+            return match &self.principal {
                 Some(r) => self.single(r, true),
                 None => envelope(
                     403,
@@ -468,7 +710,7 @@ impl State {
         }
         if let Some(rest) = lp.strip_prefix("/hsm/") {
             let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            let Some(rbac) = self.served.hsms.get(name) else {
+            let Some(rbac) = self.hsms.get(name) else {
                 return not_here(path);
             };
             let l = match tail {
@@ -477,23 +719,226 @@ impl State {
                 _ => return not_here(path),
             };
             return match l {
-                Some(l) => self.page(l, path, query, next_base),
+                Some(l) => self.page(config, l, path, query, next_base, port),
                 None => not_here(path),
             };
         }
         if let Some(rest) = lp.strip_prefix("/subscriptions/") {
             let sub = rest.split('/').next().unwrap_or_default();
-            if let Some(e) = self.served.sub_errors.get(sub) {
+            if let Some(e) = self.sub_errors.get(sub) {
                 return error_reply(e);
             }
         }
-        if let Some(l) = self.served.lists.get(&lp) {
-            return self.page(l, path, query, next_base);
+        if let Some(l) = self.lists.get(&lp) {
+            return self.page(config, l, path, query, next_base, port);
         }
-        if let Some(r) = self.served.singles.get(&lp) {
+        if let Some(r) = self.singles.get(&lp) {
             return self.single(r, false);
         }
         not_here(path)
+    }
+
+    /// `POST /providers/Microsoft.ResourceGraph/resources`.
+    fn resource_graph(
+        &self,
+        query: &str,
+        body: &str,
+        management_groups: &HashMap<String, Vec<String>>,
+    ) -> Reply {
+        if !query_pairs(query)
+            .iter()
+            .any(|(k, v)| k == "api-version" && v == "2024-04-01")
+        {
+            return bad_request("Resource Graph expects api-version=2024-04-01");
+        }
+        let Ok(req) = serde_json::from_str::<Value>(body) else {
+            return bad_request("the request body is not JSON");
+        };
+        let Some(q) = req.get("query").and_then(Value::as_str) else {
+            return bad_request("no `query` in the request body");
+        };
+        let parsed = match parse_query(q) {
+            Ok(p) => p,
+            Err(e) => return bad_request(&format!("query {q:?}: {e}")),
+        };
+        let opts = req.get("options").cloned().unwrap_or(Value::Null);
+        if opts.get("resultFormat").and_then(Value::as_str) != Some("objectArray") {
+            return bad_request("expected options.resultFormat objectArray");
+        }
+        let top = opts
+            .get("$top")
+            .and_then(Value::as_u64)
+            .unwrap_or(100)
+            .clamp(1, 1000) as usize;
+        let offset = match opts.get("$skipToken").and_then(Value::as_str) {
+            None => 0,
+            Some(t) => match t.strip_prefix("emu:").and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) => n,
+                None => return bad_request(&format!("unknown $skipToken {t:?}")),
+            },
+        };
+        // The scope: subscriptions, or management groups.
+        let known: HashMap<String, &String> = self
+            .subscriptions
+            .iter()
+            .map(|(id, _)| (lc(id), id))
+            .collect();
+        let mut scope: Vec<String> = Vec::new();
+        let strings = |k: &str| -> Option<Vec<String>> {
+            req.get(k)?.as_array().map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+        };
+        match (strings("subscriptions"), strings("managementGroups")) {
+            (Some(subs), None) => {
+                for s in subs {
+                    // A subscription Resource Graph does not know (or may not see) has no rows.
+                    if known.contains_key(&lc(&s)) && !scope.contains(&lc(&s)) {
+                        scope.push(lc(&s));
+                    }
+                }
+            }
+            (None, Some(mgs)) => {
+                for mg in mgs {
+                    let Some(subs) = management_groups.get(&lc(&mg)) else {
+                        return envelope(
+                            404,
+                            "ManagementGroupNotFound",
+                            &format!("emulator: no management group {mg}"),
+                            false,
+                        );
+                    };
+                    for s in subs {
+                        if !scope.contains(&lc(s)) {
+                            scope.push(lc(s));
+                        }
+                    }
+                }
+            }
+            _ => return bad_request("give either `subscriptions` or `managementGroups`"),
+        }
+        // Every row of the query, in scope order.
+        let mut rows: Vec<Value> = Vec::new();
+        match (parsed.table.as_str(), lc(&parsed.type_filter).as_str()) {
+            ("resourcecontainers", "microsoft.resources/subscriptions") => {
+                for s in &scope {
+                    let name = self
+                        .subscriptions
+                        .iter()
+                        .find(|(id, _)| lc(id) == *s)
+                        .map(|(_, n)| n.clone())
+                        .unwrap_or_default();
+                    let item = json!({
+                        "id": format!("/subscriptions/{}", known[s]),
+                        "name": name,
+                        "type": "microsoft.resources/subscriptions",
+                        "properties": {"state": "Enabled"},
+                    });
+                    if let Value::Object(m) = item {
+                        rows.push(project(&m, &parsed.columns));
+                    }
+                }
+            }
+            ("resources", ty) => {
+                for s in &scope {
+                    if self.sub_errors.contains_key(s) {
+                        continue;
+                    }
+                    let Some(list) = self
+                        .lists
+                        .get(&format!("/subscriptions/{s}/providers/{ty}"))
+                    else {
+                        continue;
+                    };
+                    if let Some(e) = &list.error {
+                        // A read that failed in the snapshot fails the whole query.
+                        return match error_reply(e) {
+                            Reply::Drop => envelope(500, "InternalServerError", &e.message, false),
+                            r => r,
+                        };
+                    }
+                    for it in list.items() {
+                        if let Ok(m) = serde_json::from_str::<Map<String, Value>>(it.get()) {
+                            rows.push(project(&m, &parsed.columns));
+                        }
+                    }
+                }
+            }
+            (t, ty) => return bad_request(&format!("no rows of type {ty} in table {t}")),
+        }
+        let total = rows.len();
+        let end = (offset + top).min(total);
+        let data: Vec<Value> = rows.drain(offset.min(total)..end).collect();
+        let mut body = json!({
+            "totalRecords": total,
+            "count": data.len(),
+            "resultTruncated": "false",
+            "facets": [],
+            "data": data,
+        });
+        if end < total {
+            body["$skipToken"] = Value::String(format!("emu:{end}"));
+        }
+        Reply::Json(200, body.to_string(), Vec::new())
+    }
+}
+
+/// Which ARM bucket a path draws from: its subscription, or the tenant's.
+fn bucket_key(lp: &str) -> String {
+    lp.strip_prefix("/subscriptions/")
+        .and_then(|r| r.split('/').next())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| "tenant".into())
+}
+
+impl State {
+    /// Takes a token from the path's ARM bucket; `Some(wait)` when it is empty.
+    fn spend(&mut self, lp: &str) -> Option<Duration> {
+        let (burst, rate) = self.config.arm_bucket?;
+        let now = Instant::now();
+        let b = self.buckets.entry(bucket_key(lp)).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            None
+        } else {
+            Some(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        }
+    }
+
+    /// Counts a Resource Graph query against the quota: the quota headers, or `Err` with the
+    /// wait when it is spent.
+    fn quota(&mut self) -> Result<Vec<(String, String)>, Duration> {
+        let Some((quota, window)) = self.config.arg_quota else {
+            return Ok(Vec::new());
+        };
+        let now = Instant::now();
+        let (start, used) = match self.arg_window {
+            Some((s, u)) if now < s + window => (s, u),
+            _ => (now, 0),
+        };
+        let resets = (start + window).saturating_duration_since(now);
+        if used >= quota {
+            self.arg_window = Some((start, used));
+            return Err(resets);
+        }
+        self.arg_window = Some((start, used + 1));
+        let remaining = quota - used - 1;
+        if remaining == 0 {
+            self.arg_exhausted_answers += 1;
+        }
+        Ok(vec![
+            ("x-ms-user-quota-remaining".into(), remaining.to_string()),
+            ("x-ms-user-quota-resets-after".into(), hhmmss(resets)),
+        ])
     }
 }
 
@@ -512,27 +957,38 @@ async fn handle(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = axum::body::to_bytes(Body::new(req.into_body()), 1 << 20)
+    let body = axum::body::to_bytes(Body::new(req.into_body()), 1 << 24)
         .await
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
+    let lp = trim_slash(&lc(&path));
+    let is_arg = lp == "/providers/microsoft.resourcegraph/resources";
+    let is_token = method == "POST" && path.ends_with("/oauth2/v2.0/token");
+    let is_arm = !is_arg && !is_token && !lp.starts_with("/graph/") && !lp.starts_with("/hsm/");
 
-    // Record, then pick a fault.
-    let (fault, request_id) = {
+    // Record, then pick a fault, then the budget.
+    let (fault, request_id, served, config, port, seen_at, mgs, early, mut quota_headers) = {
         let mut st = state.lock().unwrap();
+        let at = st.started.elapsed();
         st.seen.push(Seen {
             method: method.clone(),
             path: path.clone(),
             query: query.clone(),
             authorization,
             body: body.clone(),
+            status: 0,
+            at,
         });
+        let seen_at = st.seen.len() - 1;
         st.request_counter += 1;
         let id = st.request_counter;
-        let lp = lc(&path);
+        let lbody = lc(&body);
         let mut picked = None;
         for f in st.faults.iter_mut() {
-            if lp.contains(&lc(&f.path)) && f.times.is_none_or(|n| n > 0) {
+            if lp.contains(&lc(&f.path))
+                && f.body.as_ref().is_none_or(|b| lbody.contains(&lc(b)))
+                && f.times.is_none_or(|n| n > 0)
+            {
                 if let Some(n) = f.times.as_mut() {
                     *n -= 1;
                 }
@@ -540,7 +996,55 @@ async fn handle(
                 break;
             }
         }
-        (picked, id)
+        let mut early: Option<Reply> = None;
+        let mut quota_headers = Vec::new();
+        if is_arm {
+            if let Some(wait) = st.spend(&lp) {
+                st.throttled += 1;
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                early = Some(Reply::Json(
+                    429,
+                    json!({"error": {"code": "SubscriptionRequestsThrottled",
+                        "message": format!("Number of 'read' requests for subscription exceeded. Please try again after '{secs}' seconds.")}})
+                    .to_string(),
+                    vec![("retry-after".into(), secs.to_string())],
+                ));
+            }
+        } else if is_arg && method == "POST" && picked.is_none() {
+            match st.quota() {
+                Ok(headers) => quota_headers = headers,
+                Err(wait) => {
+                    st.arg_throttled += 1;
+                    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                    early = Some(Reply::Json(
+                        429,
+                        json!({"error": {"code": "RateLimiting",
+                            "message": "Please provide below info when asking for support: too many requests."}})
+                        .to_string(),
+                        vec![
+                            ("retry-after".into(), secs.to_string()),
+                            ("x-ms-user-quota-remaining".into(), "0".into()),
+                            ("x-ms-user-quota-resets-after".into(), hhmmss(wait)),
+                        ],
+                    ));
+                }
+            }
+        }
+        (
+            picked,
+            id,
+            st.served.clone(),
+            st.config.clone(),
+            st.port,
+            seen_at,
+            if is_arg {
+                st.management_groups.clone()
+            } else {
+                HashMap::new()
+            },
+            early,
+            quota_headers,
+        )
     };
 
     let mut next_base = None;
@@ -572,26 +1076,53 @@ async fn handle(
         }
         None => None,
     };
-    let reply = match reply {
-        Some(r) => r,
-        None if method == "POST" && path.ends_with("/oauth2/v2.0/token") => Reply::Json(
+    let reply = match (reply, early) {
+        (Some(r), _) => r,
+        (None, Some(r)) => r,
+        (None, None) if is_token => Reply::Json(
             200,
             json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
-                   "access_token": "emulated-sp-token-0123456789"}),
+                   "access_token": "emulated-sp-token-0123456789"})
+            .to_string(),
             Vec::new(),
         ),
-        None => state
-            .lock()
-            .unwrap()
-            .route(&path, &query, next_base.as_deref()),
+        (None, None) if is_arg => {
+            if method != "POST" {
+                envelope(
+                    405,
+                    "MethodNotAllowed",
+                    "emulator: Resource Graph takes POST",
+                    false,
+                )
+            } else {
+                served.resource_graph(&query, &body, &mgs)
+            }
+        }
+        (None, None) => served.route(&config, port, &path, &query, next_base.as_deref()),
     };
+    if !config.latency.is_zero() {
+        tokio::time::sleep(config.latency).await;
+    }
+    let status = match &reply {
+        Reply::Json(s, _, _) => *s,
+        Reply::Drop => 0,
+    };
+    if let Ok(mut st) = state.lock() {
+        if let Some(s) = st.seen.get_mut(seen_at) {
+            s.status = status;
+        }
+    }
     match reply {
         Reply::Drop => {
             let _ = drop_tx.send(()).await;
             std::future::pending::<()>().await;
             unreachable!()
         }
-        Reply::Json(status, body, headers) => {
+        Reply::Json(status, body, mut headers) => {
+            if status == 200 {
+                // Resource Graph's quota headers ride on its answers.
+                headers.append(&mut quota_headers);
+            }
             let mut b = Response::builder()
                 .status(status)
                 .header("content-type", "application/json; charset=utf-8")
@@ -599,7 +1130,7 @@ async fn handle(
             for (k, v) in headers {
                 b = b.header(k, v);
             }
-            Ok(b.body(Body::from(body.to_string())).unwrap())
+            Ok(b.body(Body::from(body)).unwrap())
         }
     }
 }
@@ -617,7 +1148,12 @@ impl Emulator {
             Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
         };
         let snap = Snapshot::load(&full).unwrap_or_else(|e| panic!("{e}"));
-        Self::serve(Some(&snap), config)
+        Self::serve(Some(&to_raw(&snap)), config)
+    }
+
+    /// Serves an estate held as JSON text (e.g. a generated one).
+    pub fn from_snapshot(snap: &Snapshot<Raw>, config: Config) -> Emulator {
+        Self::serve(Some(snap), config)
     }
 
     /// A listener that answers 404 to everything and records what it got (a "foreign host").
@@ -625,21 +1161,28 @@ impl Emulator {
         Self::serve(None, Config::default())
     }
 
-    fn serve(snap: Option<&Snapshot>, config: Config) -> Emulator {
+    fn serve(snap: Option<&Snapshot<Raw>>, config: Config) -> Emulator {
         // Bound before the binary starts: no waiting for the server.
         let listener = StdListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let served = snap.map(|s| build(s, port)).unwrap_or_default();
         let state = Arc::new(Mutex::new(State {
-            served,
+            served: Arc::new(served),
             config,
             port,
+            started: Instant::now(),
             faults: Vec::new(),
             seen: Vec::new(),
             request_counter: 0,
             in_flight: 0,
             max_in_flight: 0,
+            buckets: HashMap::new(),
+            throttled: 0,
+            arg_window: None,
+            arg_throttled: 0,
+            arg_exhausted_answers: 0,
+            management_groups: HashMap::new(),
         }));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
@@ -655,6 +1198,7 @@ impl Emulator {
                         _ = &mut rx => break,
                         acc = listener.accept() => {
                             let Ok((stream, _)) = acc else { continue };
+                            let _ = stream.set_nodelay(true);
                             let st = st.clone();
                             tokio::spawn(async move {
                                 let (drop_tx, mut drop_rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -694,13 +1238,43 @@ impl Emulator {
         self
     }
 
+    /// Management group `name` holds these subscriptions (for Resource Graph scopes).
+    pub fn management_group(&self, name: &str, subscriptions: &[String]) -> &Self {
+        self.state
+            .lock()
+            .unwrap()
+            .management_groups
+            .insert(lc(name), subscriptions.to_vec());
+        self
+    }
+
     pub fn requests(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
+    }
+
+    /// How many requests were answered so far.
+    pub fn request_count(&self) -> usize {
+        self.state.lock().unwrap().seen.len()
     }
 
     /// The most requests ever in flight at once.
     pub fn max_in_flight(&self) -> usize {
         self.state.lock().unwrap().max_in_flight
+    }
+
+    /// 429s answered because a subscription's (or the tenant's) ARM bucket was empty.
+    pub fn throttled(&self) -> usize {
+        self.state.lock().unwrap().throttled
+    }
+
+    /// 429s answered because the Resource Graph quota was spent.
+    pub fn arg_throttled(&self) -> usize {
+        self.state.lock().unwrap().arg_throttled
+    }
+
+    /// Resource Graph answers that told the client the quota is spent.
+    pub fn arg_exhausted_answers(&self) -> usize {
+        self.state.lock().unwrap().arg_exhausted_answers
     }
 
     /// Requests whose decoded path contains `part` (case-insensitive).
@@ -710,6 +1284,18 @@ impl Emulator {
             .iter()
             .filter(|s| lc(&s.path).contains(&p))
             .count()
+    }
+
+    /// Resource Graph queries received (every POST to its path, retries included).
+    pub fn resource_graph_queries(&self) -> Vec<Seen> {
+        self.requests()
+            .into_iter()
+            .filter(|s| {
+                s.method == "POST"
+                    && lc(&s.path).trim_end_matches('/')
+                        == "/providers/microsoft.resourcegraph/resources"
+            })
+            .collect()
     }
 }
 

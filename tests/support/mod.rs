@@ -1,3 +1,4 @@
-//! Shared test support: the ARM emulator.
+//! Shared test support: the ARM emulator and the synthetic estates.
 
 pub mod emulator;
+pub mod synth;
