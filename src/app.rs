@@ -128,6 +128,13 @@ fn collect_options(
         graph_endpoint: conn.graph_endpoint.clone(),
         access_token: conn.access_token.clone(),
         subscriptions: scope.subscriptions.clone(),
+        source: match conn.source {
+            Some(cli::SourceArg::Arm) => collect::Source::Arm,
+            Some(cli::SourceArg::ResourceGraph) => collect::Source::ResourceGraph,
+            None if !scope.management_groups.is_empty() => collect::Source::ResourceGraph,
+            None => collect::Source::Arm,
+        },
+        management_groups: scope.management_groups.clone(),
         backup_principal_id: conn.backup_principal_id.clone(),
         extra_features,
         concurrency: conn.concurrency as usize,
@@ -210,6 +217,11 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
     }
 
     let principal = args.connection.backup_principal_id.as_deref();
+    if args.from.is_some() && !args.scope.management_groups.is_empty() {
+        return Err(AppError::Usage(
+            "--management-group is resolved by Azure Resource Graph; it cannot narrow a snapshot (--from). Use --subscription.".into(),
+        ));
+    }
     let estate = match &args.from {
         Some(path) => {
             // The fast path: items stay borrowed JSON text until the estate has read them.
@@ -318,7 +330,10 @@ fn collect_cmd(args: cli::CollectArgs) -> Result<i32, AppError> {
 }
 
 /// Writes a snapshot with owner-only permissions: it holds tenant metadata.
-fn write_snapshot(path: &Path, snapshot: &Snapshot) -> Result<(), AppError> {
+fn write_snapshot<I: serde::Serialize>(
+    path: &Path,
+    snapshot: &Snapshot<I>,
+) -> Result<(), AppError> {
     let text = snapshot.to_json_pretty();
     let err = |e: std::io::Error| AppError::Usage(format!("cannot write {}: {e}", path.display()));
     #[cfg(unix)]

@@ -55,6 +55,20 @@ pub struct ScopeArgs {
     /// Only report this VM, by name or ARM id (repeatable).
     #[arg(long = "vm", value_name = "NAME_OR_ID")]
     pub vms: Vec<String>,
+    /// Check the subscriptions under this management group (repeatable), as Azure Resource
+    /// Graph finds them; implies --source resource-graph. With --subscription, a subscription
+    /// must be in both.
+    #[arg(long = "management-group", value_name = "ID")]
+    pub management_groups: Vec<String>,
+}
+
+/// Where the inventory (VMs, disks, snapshots, DESs, vaults, Key Vaults, HSMs) is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceArg {
+    /// One ARM list per subscription and resource type.
+    Arm,
+    /// Azure Resource Graph queries over batches of up to 300 subscriptions.
+    ResourceGraph,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -87,6 +101,10 @@ pub struct ConnectionArgs {
     /// Object id of the "Backup Management Service" service principal. Default: looked up in Microsoft Graph.
     #[arg(long, value_name = "OBJECT_ID", env = "CVM_BACKUP_PRINCIPAL_ID")]
     pub backup_principal_id: Option<String>,
+    /// Where the inventory comes from; features, vault contents and key permissions are always
+    /// read from ARM and the data planes. [default: arm; resource-graph with --management-group]
+    #[arg(long, value_enum, value_name = "SOURCE", env = "CVM_BACKUP_SOURCE")]
+    pub source: Option<SourceArg>,
     /// Requests in flight at once.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,

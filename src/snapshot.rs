@@ -280,8 +280,8 @@ pub enum SnapshotError {
     Invalid { path: String, msg: String },
 }
 
-impl Snapshot {
-    pub fn new(subscriptions: Vec<SubscriptionSnapshot>) -> Self {
+impl<I> Snapshot<I> {
+    pub fn new(subscriptions: Vec<SubscriptionSnapshot<I>>) -> Self {
         Snapshot {
             schema: SNAPSHOT_SCHEMA.to_string(),
             tool: Some(ToolInfo {
@@ -300,7 +300,17 @@ impl Snapshot {
             errors: Vec::new(),
         }
     }
+}
 
+impl<I: Serialize> Snapshot<I> {
+    /// Serialise for `collect --output`. Items held as JSON text are written as they are.
+    pub fn to_json_pretty(&self) -> String {
+        // Serialising plain data structures cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+impl Snapshot {
     /// Parse a snapshot from bytes into owned values. `path` only names the source in errors.
     pub fn from_slice(bytes: &[u8], path: &str) -> Result<Snapshot, SnapshotError> {
         parse(bytes, path)
@@ -309,12 +319,6 @@ impl Snapshot {
     pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
         let bytes = read(path)?;
         Snapshot::from_slice(&bytes, &path.display().to_string())
-    }
-
-    /// Serialise for `collect --output`.
-    pub fn to_json_pretty(&self) -> String {
-        // Serialising plain data structures cannot fail.
-        serde_json::to_string_pretty(self).unwrap_or_else(|_| String::from("{}"))
     }
 }
 

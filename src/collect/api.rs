@@ -1,14 +1,22 @@
 //! The one interface between the collector and Azure.
 //!
-//! Everything the collector reads (ARM, Microsoft Graph, the Managed HSM data plane) goes through
-//! [`AzureApi`]: a GET of one resource or a paged list. The implementation over azure_core 0.21's
-//! pipeline is in `http.rs`; the traffic plan (`plan.rs`) only sees this trait, so the frozen 0.21
-//! crates can be swapped without touching the plan or the rules.
+//! Everything the collector reads (ARM, Microsoft Graph, the Managed HSM data plane, Azure
+//! Resource Graph) goes through [`AzureApi`]: a GET of one resource, a paged list, or a POST of a
+//! query. The implementation over azure_core 0.21's pipeline is in `http.rs`; the traffic plan
+//! (`plan.rs`) only sees this trait, so the frozen 0.21 crates can be swapped without touching
+//! the plan or the rules.
+//!
+//! Payloads stay JSON text ([`Item`]): a page is validated and split into its items, never built
+//! into a value tree, and the snapshot keeps them exactly as they were returned.
 
-use serde_json::Value;
+use bytes::Bytes;
+use serde_json::value::RawValue;
 use url::Url;
 
 use crate::snapshot::{ErrorRecord, ListRead, SingleRead};
+
+/// One resource (or response) as the JSON text Azure returned.
+pub type Item = Box<RawValue>;
 
 /// Which token a request needs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -67,9 +75,9 @@ pub struct Failure {
 }
 
 /// All pages of a list, or as many as could be read before `error`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ListOutcome {
-    pub items: Vec<Value>,
+    pub items: Vec<Item>,
     /// How many pages were read successfully.
     pub pages: usize,
     pub error: Option<Failure>,
@@ -77,29 +85,59 @@ pub struct ListOutcome {
 
 impl ListOutcome {
     /// The snapshot form: `{"value": …}`, `{"value": …, "error": …}` or `{"error": …}`.
-    pub fn to_list_read(&self) -> ListRead {
-        match &self.error {
-            None => ListRead::ok(self.items.clone()),
-            Some(f) if self.pages == 0 => ListRead::failed(f.record.clone()),
+    pub fn into_list_read(self) -> ListRead<Item> {
+        match self.error {
+            None => ListRead {
+                value: Some(self.items),
+                error: None,
+            },
+            Some(f) if self.pages == 0 => ListRead {
+                value: None,
+                error: Some(f.record),
+            },
             Some(f) => ListRead {
-                value: Some(self.items.clone()),
-                error: Some(f.record.clone()),
+                value: Some(self.items),
+                error: Some(f.record),
             },
         }
     }
 }
 
-/// The result of one GET.
-pub type GetOutcome = Result<Value, Failure>;
+/// The result of one GET: the response body, validated as JSON.
+pub type GetOutcome = Result<Item, Failure>;
 
 /// Snapshot form of a GET. A 404 is an error here; only the Graph lookup turns it into
 /// `not_found` (see `plan.rs`).
-pub fn to_single_read(outcome: &GetOutcome) -> SingleRead {
+pub fn into_single_read(outcome: GetOutcome) -> SingleRead<Item> {
     match outcome {
-        Ok(v) => SingleRead::ok(v.clone()),
-        Err(f) => SingleRead::failed(f.record.clone()),
+        Ok(v) => SingleRead {
+            value: Some(v),
+            ..Default::default()
+        },
+        Err(f) => SingleRead {
+            error: Some(f.record),
+            ..Default::default()
+        },
     }
 }
+
+/// The answer to a POST: its body and headers (names lower-cased).
+#[derive(Debug, Clone, Default)]
+pub struct Posted {
+    pub body: Bytes,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Posted {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub type PostOutcome = Result<Posted, Failure>;
 
 /// Read access to Azure. Implementations retry, throttle, page and time out; callers only see
 /// the outcome.
@@ -110,4 +148,6 @@ pub trait AzureApi: Send + Sync {
     /// A paged list: every page's `value` items, following `nextLink` while it stays on the
     /// same scheme, host and port as the request it came from.
     async fn list(&self, read: &Read) -> ListOutcome;
+    /// One POST of a JSON body (a read: a Resource Graph query), retried like a GET.
+    async fn post(&self, read: &Read, body: Bytes) -> PostOutcome;
 }

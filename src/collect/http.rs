@@ -7,13 +7,17 @@
 //!   `x-ms-retry-after-ms` and `Retry-After` (seconds or HTTP date) are honoured on any of them,
 //!   capped exponential backoff with jitter otherwise; never a sleep past the overall deadline.
 //!   401, 403, 404, 409 and every other status are final.
-//! - Bounds: a semaphore (`--concurrency`) and a token bucket per subscription (and per host for
-//!   tenant-level, Graph and HSM reads) sized under ARM's 250-burst / 25-per-second read bucket.
-//! - Paging: `nextLink` until absent, followed only on the same scheme, host and port.
+//! - Bounds: `--concurrency` request slots and a token bucket per subscription (and per host for
+//!   tenant-level, Graph, HSM and Resource Graph reads) sized under ARM's 250-burst /
+//!   25-per-second read bucket. A freed slot goes first to a request that continues a chain
+//!   already under way (the next page of a list, a retry), so long lists are not starved by the
+//!   many one-page reads queued behind them and the run's length stays near its longest chain.
+//! - Paging: `nextLink` until absent, followed only on the same scheme, host and port. Pages are
+//!   validated and split into their items as JSON text; no value tree is built.
 //! - The bearer token is inserted per attempt and never logged (azure_core's own debug output,
 //!   which prints it, is kept off by the log filter in `app.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,13 +30,17 @@ use azure_core::{
 };
 use bytes::Bytes;
 use rand::Rng;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 use tracing::{debug, info};
 use url::Url;
 
-use super::api::{Audience, AzureApi, Failure, FailureKind, GetOutcome, ListOutcome, Read};
+use super::api::{
+    Audience, AzureApi, Failure, FailureKind, GetOutcome, ListOutcome, PostOutcome, Posted, Read,
+};
 use crate::endpoint;
 use crate::snapshot::ErrorRecord;
 
@@ -178,6 +186,85 @@ pub fn shown(url: &Url) -> String {
 
 // ---- Throttle ------------------------------------------------------------------------------
 
+/// `--concurrency` request slots. A freed slot goes to the oldest *urgent* waiter (a request
+/// that continues a chain under way), else to the oldest waiter.
+pub struct Slots {
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    free: usize,
+    urgent: VecDeque<oneshot::Sender<SlotPermit>>,
+    normal: VecDeque<oneshot::Sender<SlotPermit>>,
+}
+
+/// One slot, given back when dropped.
+pub struct SlotPermit {
+    slots: Arc<Slots>,
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        self.slots.release();
+    }
+}
+
+impl Slots {
+    pub fn new(n: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            state: Mutex::new(SlotState {
+                free: n.max(1),
+                urgent: VecDeque::new(),
+                normal: VecDeque::new(),
+            }),
+        })
+    }
+
+    fn release(self: &Arc<Self>) {
+        loop {
+            let next = match self.state.lock() {
+                Ok(mut st) => match st.urgent.pop_front().or_else(|| st.normal.pop_front()) {
+                    Some(tx) => tx,
+                    None => {
+                        st.free += 1;
+                        return;
+                    }
+                },
+                Err(_) => return,
+            };
+            match next.send(SlotPermit {
+                slots: self.clone(),
+            }) {
+                Ok(()) => return,
+                // That waiter gave up (its deadline passed): hand the slot to the next one,
+                // without releasing it a second time.
+                Err(permit) => std::mem::forget(permit),
+            }
+        }
+    }
+
+    /// A slot, at once when one is free, else in turn (urgent waiters first).
+    pub async fn acquire(self: &Arc<Self>, urgent: bool) -> Option<SlotPermit> {
+        let rx = {
+            let mut st = self.state.lock().ok()?;
+            if st.free > 0 {
+                st.free -= 1;
+                return Some(SlotPermit {
+                    slots: self.clone(),
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            if urgent {
+                st.urgent.push_back(tx);
+            } else {
+                st.normal.push_back(tx);
+            }
+            rx
+        };
+        rx.await.ok()
+    }
+}
+
 struct Bucket {
     tokens: f64,
     last: Instant,
@@ -185,7 +272,7 @@ struct Bucket {
 
 /// In-flight bound plus a read budget per subscription.
 pub struct Limiter {
-    sem: Arc<Semaphore>,
+    slots: Arc<Slots>,
     buckets: Mutex<HashMap<String, Bucket>>,
     burst: f64,
     rate: f64,
@@ -194,7 +281,7 @@ pub struct Limiter {
 impl Limiter {
     pub fn new(concurrency: usize, burst: f64, rate: f64) -> Self {
         Limiter {
-            sem: Arc::new(Semaphore::new(concurrency.max(1))),
+            slots: Slots::new(concurrency),
             buckets: Mutex::new(HashMap::new()),
             burst,
             rate,
@@ -215,13 +302,9 @@ impl Limiter {
         origin
     }
 
-    /// Waits for a token in the URL's bucket, then for a free slot. `None` when the deadline
-    /// comes first.
-    async fn acquire(
-        &self,
-        url: &Url,
-        deadline: Instant,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    /// Waits for a token in the URL's bucket, then for a free slot (`urgent`: ahead of requests
+    /// that start something new). `None` when the deadline comes first.
+    async fn acquire(&self, url: &Url, deadline: Instant, urgent: bool) -> Option<SlotPermit> {
         let key = Self::bucket_key(url);
         loop {
             let wait = {
@@ -253,10 +336,9 @@ impl Limiter {
             }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        tokio::time::timeout(remaining, self.sem.clone().acquire_owned())
+        tokio::time::timeout(remaining, self.slots.acquire(urgent))
             .await
             .ok()?
-            .ok()
     }
 }
 
@@ -274,6 +356,8 @@ struct Trace {
 struct ReqMeta {
     token_scope: String,
     trace: Arc<Mutex<Trace>>,
+    /// Continues a chain under way (a list's next page): served before new requests.
+    urgent: bool,
 }
 
 fn with_trace(ctx: &Context, f: impl FnOnce(&mut Trace)) {
@@ -416,7 +500,15 @@ impl Policy for AttemptPolicy {
             format!("Bearer {}", token.token.secret()),
         );
         let url = shown(request.url());
-        let Some(_permit) = self.limiter.acquire(request.url(), self.deadline).await else {
+        // A retry is as urgent as the next page: something already waits on it.
+        let urgent = ctx.get::<ReqMeta>().is_some_and(|m| {
+            m.urgent || m.trace.lock().map(|t| t.attempts > 1).unwrap_or(false)
+        });
+        let Some(_permit) = self
+            .limiter
+            .acquire(request.url(), self.deadline, urgent)
+            .await
+        else {
             return Err(deadline_error());
         };
         let remaining = self.deadline.saturating_duration_since(Instant::now());
@@ -587,16 +679,32 @@ impl PipelineApi {
         }
     }
 
-    /// One GET with retries: the body of a 2xx, or why not.
-    async fn fetch(&self, url: &Url, read: &Read) -> Result<Bytes, Failure> {
+    /// One request with retries: the body and headers of a 2xx, or why not.
+    async fn fetch(
+        &self,
+        url: &Url,
+        read: &Read,
+        post: Option<Bytes>,
+        urgent: bool,
+    ) -> Result<(Bytes, Headers), Failure> {
         let trace = Arc::new(Mutex::new(Trace::default()));
         let mut ctx = Context::new();
         ctx.insert(ReqMeta {
             token_scope: self.token_scope(&read.audience),
             trace: trace.clone(),
+            urgent,
         });
-        let mut req = Request::new(url.clone(), Method::Get);
+        let method = if post.is_some() {
+            Method::Post
+        } else {
+            Method::Get
+        };
+        let mut req = Request::new(url.clone(), method);
         req.insert_header("accept", "application/json");
+        if let Some(body) = post {
+            req.insert_header("content-type", "application/json");
+            req.set_body(body);
+        }
         let result = self.pipeline.send(&ctx, &mut req).await;
         let (gave_up, deadline) = match trace.lock() {
             Ok(t) => (t.gave_up.clone(), t.deadline),
@@ -609,9 +717,10 @@ impl PipelineApi {
         match result {
             Ok(rsp) => {
                 let status = u16::from(rsp.status());
-                let body = rsp.into_body().collect().await.unwrap_or_default();
+                let (_, headers, body) = rsp.deconstruct();
+                let body = body.collect().await.unwrap_or_default();
                 if (200..300).contains(&status) {
-                    return Ok(body);
+                    return Ok((body, headers));
                 }
                 let (code, msg) = parse_envelope(&body);
                 let msg = msg.unwrap_or_else(|| format!("HTTP {status} without an error message"));
@@ -667,12 +776,49 @@ impl PipelineApi {
     }
 }
 
+/// One page of an ARM (or Graph, or data-plane) list, borrowed from the response body.
+#[derive(Deserialize)]
+struct Page<'a> {
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+    #[serde(rename = "nextLink", borrow)]
+    next_link: Option<&'a RawValue>,
+    #[serde(rename = "@odata.nextLink", borrow)]
+    odata_next_link: Option<&'a RawValue>,
+}
+
+/// The items of a page's `value` array, as JSON text; `None` when it is not an array.
+fn page_items(value: Option<&RawValue>) -> Option<Vec<Box<RawValue>>> {
+    let items: Vec<&RawValue> = serde_json::from_str(value?.get()).ok()?;
+    Some(items.into_iter().map(RawValue::to_owned).collect())
+}
+
+/// A `nextLink` worth following: a non-empty string.
+fn next_link(page: &Page<'_>) -> Option<String> {
+    let raw = page.next_link.or(page.odata_next_link)?;
+    match serde_json::from_str::<Value>(raw.get()).ok()? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        _ => None,
+    }
+}
+
 #[async_trait::async_trait]
 impl AzureApi for PipelineApi {
     async fn get(&self, read: &Read) -> GetOutcome {
-        let body = self.fetch(&read.url, read).await?;
-        serde_json::from_slice(&body)
+        let (body, _) = self.fetch(&read.url, read, None, false).await?;
+        serde_json::from_slice::<Box<RawValue>>(&body)
             .map_err(|e| self.malformed(read, format!("the response is not JSON: {e}")))
+    }
+
+    async fn post(&self, read: &Read, body: Bytes) -> PostOutcome {
+        let (body, headers) = self.fetch(&read.url, read, Some(body), false).await?;
+        Ok(Posted {
+            body,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.as_str().to_string()))
+                .collect(),
+        })
     }
 
     async fn list(&self, read: &Read) -> ListOutcome {
@@ -699,33 +845,36 @@ impl AzureApi for PipelineApi {
                 });
                 return out;
             }
-            let body = match self.fetch(&url, read).await {
-                Ok(b) => b,
+            // Every page after the first continues a chain: it goes ahead of new requests.
+            let body = match self.fetch(&url, read, None, out.pages > 0).await {
+                Ok((b, _)) => b,
                 Err(f) => {
                     out.error = Some(f);
                     return out;
                 }
             };
-            let page: Value = match serde_json::from_slice(&body) {
+            let page: Page<'_> = match serde_json::from_slice(&body) {
                 Ok(v) => v,
                 Err(e) => {
-                    out.error = Some(
-                        self.malformed(read, format!("page {} is not JSON: {e}", out.pages + 1)),
-                    );
+                    let msg = if serde_json::from_slice::<&RawValue>(&body).is_ok() {
+                        format!("page {} has no `value` array", out.pages + 1)
+                    } else {
+                        format!("page {} is not JSON: {e}", out.pages + 1)
+                    };
+                    out.error = Some(self.malformed(read, msg));
                     return out;
                 }
             };
-            let Some(items) = page.get("value").and_then(Value::as_array) else {
+            let Some(items) = page_items(page.value) else {
                 out.error = Some(
                     self.malformed(read, format!("page {} has no `value` array", out.pages + 1)),
                 );
                 return out;
             };
-            out.items.extend(items.iter().cloned());
+            out.items.extend(items);
             out.pages += 1;
-            let next = match page.get("nextLink").or_else(|| page.get("@odata.nextLink")) {
-                Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-                _ => return out,
+            let Some(next) = next_link(&page) else {
+                return out;
             };
             let next_url = match url.join(&next) {
                 Ok(u) => u,
@@ -866,16 +1015,16 @@ mod tests {
 
     #[tokio::test]
     async fn the_bucket_spends_its_burst_then_refills() {
-        let l = Limiter::new(4, 3.0, 1000.0);
+        let l = Limiter::new(8, 3.0, 1000.0);
         let u = Url::parse("http://127.0.0.1:1/subscriptions/s/x").unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         for _ in 0..5 {
-            assert!(l.acquire(&u, deadline).await.is_some());
+            assert!(l.acquire(&u, deadline, false).await.is_some());
         }
         // A budget that cannot refill before the deadline gives up instead of sleeping past it.
         let slow = Limiter::new(4, 1.0, 0.001);
-        assert!(slow.acquire(&u, deadline).await.is_some());
-        assert!(slow.acquire(&u, deadline).await.is_none());
+        assert!(slow.acquire(&u, deadline, false).await.is_some());
+        assert!(slow.acquire(&u, deadline, false).await.is_none());
     }
 
     #[test]

@@ -8,10 +8,13 @@ pub mod credential;
 pub mod http;
 pub mod plan;
 pub mod progress;
+pub mod resource_graph;
 
 use std::time::{Duration, Instant};
 
 use crate::endpoint;
+pub use plan::Source;
+
 use crate::snapshot::Snapshot;
 
 /// Everything the collector needs to know. Built by the binary from flags, env and config.
@@ -21,8 +24,13 @@ pub struct CollectOptions {
     pub graph_endpoint: String,
     /// Used as-is for every request when present. Never printed (see `Debug`).
     pub access_token: Option<String>,
-    /// Explicit subscriptions; empty means `GET /subscriptions`.
+    /// Explicit subscriptions; empty means `GET /subscriptions`. With management groups: the
+    /// subscriptions Resource Graph finds under them, narrowed to these when given.
     pub subscriptions: Vec<String>,
+    /// Where the inventory lists come from.
+    pub source: Source,
+    /// `--management-group`: scope of the Resource Graph queries (needs `Source::ResourceGraph`).
+    pub management_groups: Vec<String>,
     /// Object id of the Backup Management Service; skips the Graph lookup when set.
     pub backup_principal_id: Option<String>,
     /// Feature names ("Namespace/Name") to read per subscription besides the preview feature.
@@ -43,6 +51,8 @@ impl std::fmt::Debug for CollectOptions {
                 &self.access_token.as_ref().map(|_| "<redacted>"),
             )
             .field("subscriptions", &self.subscriptions)
+            .field("source", &self.source)
+            .field("management_groups", &self.management_groups)
             .field("backup_principal_id", &self.backup_principal_id)
             .field("extra_features", &self.extra_features)
             .field("concurrency", &self.concurrency)
@@ -70,7 +80,7 @@ pub enum CollectError {
 /// Collect the estate: every read of the plan (see `plan.rs`), through the HTTP layer (see
 /// `http.rs`). Partial failures are inside the snapshot; `Err` only when the options are
 /// unusable (exit 2) or nothing could be read (exit 4).
-pub async fn collect(opts: &CollectOptions) -> Result<Snapshot, CollectError> {
+pub async fn collect(opts: &CollectOptions) -> Result<Snapshot<api::Item>, CollectError> {
     // Everything a user can get wrong is decided here, before any connection.
     let arm = endpoint::check("--arm-endpoint", &opts.arm_endpoint).map_err(CollectError::Usage)?;
     let graph =
@@ -81,6 +91,21 @@ pub async fn collect(opts: &CollectOptions) -> Result<Snapshot, CollectError> {
             return Err(CollectError::Usage(format!(
                 "--subscription {s:?} is not a subscription id (expected a GUID such as 00000000-0000-0000-0000-000000000000)"
             )));
+        }
+    }
+    for mg in &opts.management_groups {
+        if mg.trim().is_empty() || mg.contains(['/', '\'', '"']) || mg.chars().any(char::is_whitespace)
+        {
+            return Err(CollectError::Usage(format!(
+                "--management-group {mg:?} is not a management group id (expected a name such as mg-prod or a GUID)"
+            )));
+        }
+    }
+    if !opts.management_groups.is_empty() {
+        if opts.source != Source::ResourceGraph {
+            return Err(CollectError::Usage(
+                "--management-group reads Azure Resource Graph; it cannot be combined with --source arm".into(),
+            ));
         }
     }
     if opts
@@ -171,6 +196,13 @@ pub async fn collect(opts: &CollectOptions) -> Result<Snapshot, CollectError> {
             .map(str::to_string),
         features,
         static_token: opts.access_token.is_some(),
+        source: opts.source,
+        management_groups: opts
+            .management_groups
+            .iter()
+            .map(|m| m.trim().to_string())
+            .collect(),
+        deadline,
     };
     let progress = progress::Progress::new(opts.show_progress);
     let result = plan::run(&api, &cfg, &progress).await;

@@ -1,27 +1,40 @@
 //! The traffic plan: which reads, in which order, and how their outcomes become a snapshot.
 //!
 //! Per subscription: one list each of VMs, disks, snapshots, disk encryption sets, Recovery
-//! Services vaults, Key Vaults and Managed HSMs, plus one GET per feature — never a request per
-//! VM. Then, once each: per vault its storage config, policies and protected items; per RBAC Key
-//! Vault behind a confidential DES its role assignments, then each role definition they name; per
-//! Managed HSM behind a confidential DES its local role assignments and definitions. Microsoft
-//! Graph is asked once for the Backup Management Service. Everything independent runs
-//! concurrently; the HTTP layer bounds what is in flight.
+//! Services vaults, Key Vaults and Managed HSMs — from ARM, or (`--source resource-graph`) from
+//! Azure Resource Graph in batches of subscriptions — plus one GET per feature: never a request
+//! per VM. Then, once each: per vault its storage config, policies and protected items; per RBAC
+//! Key Vault behind a confidential DES its role assignments, then each role definition they name;
+//! per Managed HSM behind a confidential DES its local role assignments and definitions.
+//! Microsoft Graph is asked once for the Backup Management Service.
+//!
+//! Nothing waits for more than it needs: every read is a task of one set, and a dependent read
+//! starts as soon as its inputs are in — a vault's children when its subscription's vault list
+//! has arrived, a role definition when the role assignments naming it have, the key stores' RBAC
+//! when every DES, Key Vault and HSM list has (a DES that only a VM or disk names as confidential
+//! adds its key store once the VM and disk lists are in too). The HTTP layer bounds what is in
+//! flight and serves continuing chains (next pages, retries) first.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
-use futures::future::join_all;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tracing::debug;
 use url::Url;
 
 use super::api::{
-    to_single_read, Audience, AzureApi, Failure, FailureKind, GetOutcome, ListOutcome, Read,
+    into_single_read, Audience, AzureApi, Failure, FailureKind, GetOutcome, Item, ListOutcome,
+    Read,
 };
 use super::credential::LOGIN_HELP;
 use super::progress::Progress;
+use super::resource_graph::{self as arg, QuotaGate, Scope};
 use super::CollectError;
 use crate::endpoint;
 use crate::snapshot::{
@@ -42,6 +55,26 @@ pub const API_AUTHORIZATION: &str = "2022-04-01";
 pub const API_HSM_DATA_PLANE: &str = "7.5";
 const HSM_SCOPE: &str = "https://managedhsm.azure.net/.default";
 
+/// Where the inventory lists come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Source {
+    /// One ARM list per subscription and resource type.
+    #[default]
+    Arm,
+    /// Azure Resource Graph queries over batches of subscriptions (or management groups).
+    ResourceGraph,
+}
+
+impl Source {
+    /// As recorded in the snapshot's `source`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Arm => "arm",
+            Source::ResourceGraph => "resource-graph",
+        }
+    }
+}
+
 /// What to read, decided from flags before any connection.
 #[derive(Debug, Clone)]
 pub struct PlanConfig {
@@ -49,13 +82,91 @@ pub struct PlanConfig {
     pub graph: Url,
     pub arm_shown: String,
     pub graph_shown: String,
-    /// Explicit subscriptions; empty: list them.
+    /// Explicit subscriptions; empty: list them (or, with management groups, ask Resource Graph).
     pub subscriptions: Vec<String>,
     pub principal_override: Option<String>,
     /// Features to read per subscription ("Namespace/Name"), the preview feature first.
     pub features: Vec<String>,
     /// `--access-token` was given (changes the advice on a 401).
     pub static_token: bool,
+    pub source: Source,
+    /// `--management-group`: the scope of the Resource Graph queries.
+    pub management_groups: Vec<String>,
+    /// The overall `--timeout`: no wait for a quota may run past it.
+    pub deadline: Instant,
+}
+
+/// The seven inventory lists of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Vms,
+    Disks,
+    Snapshots,
+    Des,
+    Vaults,
+    KeyVaults,
+    Hsms,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Vms,
+        Kind::Disks,
+        Kind::Snapshots,
+        Kind::Des,
+        Kind::Vaults,
+        Kind::KeyVaults,
+        Kind::Hsms,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The ARM resource type.
+    pub fn provider(self) -> &'static str {
+        match self {
+            Kind::Vms => "Microsoft.Compute/virtualMachines",
+            Kind::Disks => "Microsoft.Compute/disks",
+            Kind::Snapshots => "Microsoft.Compute/snapshots",
+            Kind::Des => "Microsoft.Compute/diskEncryptionSets",
+            Kind::Vaults => "Microsoft.RecoveryServices/vaults",
+            Kind::KeyVaults => "Microsoft.KeyVault/vaults",
+            Kind::Hsms => "Microsoft.KeyVault/managedHSMs",
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::Vms => API_COMPUTE_VMS,
+            Kind::Disks | Kind::Snapshots | Kind::Des => API_COMPUTE_DISKS,
+            Kind::Vaults => API_RECOVERY_SERVICES,
+            Kind::KeyVaults | Kind::Hsms => API_KEY_VAULT,
+        }
+    }
+
+    /// "virtual machines", … as in "list virtual machines".
+    pub fn what(self) -> &'static str {
+        match self {
+            Kind::Vms => "virtual machines",
+            Kind::Disks => "disks",
+            Kind::Snapshots => "snapshots",
+            Kind::Des => "disk encryption sets",
+            Kind::Vaults => "recovery services vaults",
+            Kind::KeyVaults => "key vaults",
+            Kind::Hsms => "managed HSMs",
+        }
+    }
+
+    /// A list that says which key stores exist and which DESs are confidential.
+    fn locates_keys(self) -> bool {
+        matches!(self, Kind::Des | Kind::KeyVaults | Kind::Hsms)
+    }
+
+    /// A list that may name a DES as confidential (a VM's OS disk, a disk).
+    fn names_des(self) -> bool {
+        matches!(self, Kind::Vms | Kind::Disks)
+    }
 }
 
 // ---- small JSON helpers (case-insensitive like the estate) ---------------------------------
@@ -137,6 +248,121 @@ pub struct HsmTarget {
     pub hsm_uri: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct IdRef {
+    id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct VmNames {
+    properties: Option<VmNamesProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct VmNamesProps {
+    storage_profile: Option<VmNamesStorage>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct VmNamesStorage {
+    os_disk: Option<VmNamesOsDisk>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct VmNamesOsDisk {
+    managed_disk: Option<VmNamesManagedDisk>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct VmNamesManagedDisk {
+    security_profile: Option<VmNamesSecurity>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct VmNamesSecurity {
+    disk_encryption_set: Option<IdRef>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DiskNames {
+    properties: Option<DiskNamesProps>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct DiskNamesProps {
+    security_profile: Option<DiskNamesSecurity>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DiskNamesSecurity {
+    #[serde(rename = "secureVMDiskEncryptionSetId")]
+    secure_vm_disk_encryption_set_id: Option<String>,
+}
+
+fn clean(s: Option<String>) -> Option<String> {
+    s.map(|x| x.trim().to_string()).filter(|x| !x.is_empty())
+}
+
+/// The DES a VM's OS disk names as its confidential DES (read from the JSON text; only that
+/// path is looked at, so a 2 KB VM costs one scan and no value tree).
+fn des_named_by_vm(vm: &RawValue) -> Option<String> {
+    let v: VmNames = serde_json::from_str(vm.get()).ok()?;
+    clean(
+        v.properties?
+            .storage_profile?
+            .os_disk?
+            .managed_disk?
+            .security_profile?
+            .disk_encryption_set?
+            .id,
+    )
+}
+
+/// The DES a disk (or snapshot) names as its confidential DES.
+fn des_named_by_disk(disk: &RawValue) -> Option<String> {
+    let d: DiskNames = serde_json::from_str(disk.get()).ok()?;
+    clean(
+        d.properties?
+            .security_profile?
+            .secure_vm_disk_encryption_set_id,
+    )
+}
+
+fn value_of(item: &RawValue) -> Value {
+    serde_json::from_str(item.get()).unwrap_or(Value::Null)
+}
+
+/// A value built here (not read from Azure) as JSON text.
+fn item_of(v: &Value) -> Item {
+    // Serialising a value cannot fail, and its text is valid JSON.
+    RawValue::from_string(v.to_string())
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
+}
+
+fn ok_single(v: Item) -> SingleRead<Item> {
+    SingleRead {
+        value: Some(v),
+        ..Default::default()
+    }
+}
+
+fn failed_single(e: ErrorRecord) -> SingleRead<Item> {
+    SingleRead {
+        error: Some(e),
+        ..Default::default()
+    }
+}
+
 /// The Key Vaults (RBAC ones only) and Managed HSMs that hold the key of a confidential DES:
 /// a DES whose `encryptionType` is confidential, or that a VM's OS disk or a disk names as its
 /// confidential DES. Key locations follow CONTRACT.md section 1.
@@ -147,14 +373,8 @@ pub fn key_stores(subs: &[SubscriptionSnapshot]) -> (Vec<String>, Vec<HsmTarget>
             .flat_map(|l| l.items().iter())
             .collect()
     };
-    let vms = items(|s| s.virtual_machines.as_ref());
-    let disks = items(|s| s.disks.as_ref());
-    let des_list = items(|s| s.disk_encryption_sets.as_ref());
-    let kvs = items(|s| s.key_vaults.as_ref());
-    let hsms = items(|s| s.managed_hsms.as_ref());
-
     let mut named: HashSet<String> = HashSet::new();
-    for vm in &vms {
+    for vm in items(|s| s.virtual_machines.as_ref()) {
         if let Some(id) = str_at(
             vm,
             &[
@@ -170,7 +390,7 @@ pub fn key_stores(subs: &[SubscriptionSnapshot]) -> (Vec<String>, Vec<HsmTarget>
             named.insert(crate::armid::norm(id));
         }
     }
-    for d in &disks {
+    for d in items(|s| s.disks.as_ref()) {
         if let Some(id) = str_at(
             d,
             &[
@@ -182,10 +402,25 @@ pub fn key_stores(subs: &[SubscriptionSnapshot]) -> (Vec<String>, Vec<HsmTarget>
             named.insert(crate::armid::norm(id));
         }
     }
+    key_stores_of(
+        &items(|s| s.disk_encryption_sets.as_ref()),
+        &items(|s| s.key_vaults.as_ref()),
+        &items(|s| s.managed_hsms.as_ref()),
+        &named,
+    )
+}
 
+/// [`key_stores`] over DESs, Key Vaults and HSMs, with the DES ids (normalised) that a VM or disk
+/// names.
+fn key_stores_of(
+    des_list: &[&Value],
+    kvs: &[&Value],
+    hsms: &[&Value],
+    named: &HashSet<String>,
+) -> (Vec<String>, Vec<HsmTarget>) {
     let mut kv_out: Vec<String> = Vec::new();
     let mut hsm_out: Vec<HsmTarget> = Vec::new();
-    for des in &des_list {
+    for des in des_list {
         let Some(id) = str_at(des, &["id"]) else {
             continue;
         };
@@ -247,6 +482,7 @@ pub fn key_stores(subs: &[SubscriptionSnapshot]) -> (Vec<String>, Vec<HsmTarget>
     (kv_out, hsm_out)
 }
 
+
 // ---- the run -------------------------------------------------------------------------------
 
 /// What ARM answered so far, to tell "nothing could be read" apart from "some reads failed".
@@ -286,6 +522,7 @@ struct Plan<'a> {
     cfg: &'a PlanConfig,
     progress: &'a Progress,
     tally: Tally,
+    quota: QuotaGate,
 }
 
 fn read(url: Url, audience: Audience, scope: String, operation: &str) -> Read {
@@ -321,6 +558,24 @@ impl Plan<'_> {
                 }
                 Err(f) => self.tally.failure(f),
             }
+        }
+        self.progress.inc();
+        o
+    }
+
+    /// One Resource Graph query, every page.
+    async fn query(&self, scope: Scope<'_>, query: &str, operation: &str) -> arg::QueryOutcome {
+        let url = self.arm(
+            arg::PATH,
+            &[("api-version", arg::API_RESOURCE_GRAPH)],
+        );
+        let r = read(url, Audience::Arm, arg::PATH.into(), operation);
+        let o = arg::query_all(self.api, &self.quota, &r, scope, query, self.cfg.deadline).await;
+        if o.pages > 0 {
+            self.tally.ok.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Some(f) = &o.error {
+            self.tally.failure(f);
         }
         self.progress.inc();
         o
@@ -379,6 +634,9 @@ impl Plan<'_> {
         &self,
         errors: &mut Vec<ErrorRecord>,
     ) -> Result<Vec<(String, Option<String>)>, CollectError> {
+        if !self.cfg.management_groups.is_empty() {
+            return self.management_group_subscriptions().await;
+        }
         if !self.cfg.subscriptions.is_empty() {
             let mut out: Vec<(String, Option<String>)> = Vec::new();
             for s in &self.cfg.subscriptions {
@@ -409,7 +667,8 @@ impl Plan<'_> {
             errors.push(f.record.clone());
         }
         let mut out: Vec<(String, Option<String>)> = Vec::new();
-        for item in &o.items {
+        for item in o.items.iter().map(|i| value_of(i)) {
+            let item = &item;
             let id = str_at(item, &["subscriptionId"])
                 .map(str::to_string)
                 .or_else(|| str_at(item, &["id"]).map(|i| crate::armid::name_of(i).to_string()));
@@ -428,7 +687,71 @@ impl Plan<'_> {
         Ok(out)
     }
 
-    async fn feature(&self, sub: &str, name: &str) -> (String, SingleRead) {
+    /// The subscriptions under `--management-group`, from Resource Graph.
+    async fn management_group_subscriptions(
+        &self,
+    ) -> Result<Vec<(String, Option<String>)>, CollectError> {
+        self.progress
+            .phase("listing the subscriptions of the management groups");
+        let mgs = &self.cfg.management_groups;
+        let o = self
+            .query(
+                Scope::ManagementGroups(mgs),
+                arg::SUBSCRIPTIONS_QUERY,
+                "list the subscriptions of the management groups (Resource Graph)",
+            )
+            .await;
+        let shown = mgs.join(", ");
+        if let Some(f) = &o.error {
+            // A partial list would silently narrow the scope: refuse it.
+            let r = &f.record;
+            let what = match (r.status, &r.code) {
+                (Some(s), Some(c)) => format!("{s} {c}"),
+                (Some(s), None) => format!("HTTP {s}"),
+                _ => "no answer".to_string(),
+            };
+            let msg = format!(
+                "Azure Resource Graph could not list the subscriptions of management group(s) {shown} ({what}): {}",
+                r.message
+            );
+            return Err(match f.kind {
+                FailureKind::Http(401) | FailureKind::Credential => self.auth_error(r),
+                FailureKind::Http(403) => CollectError::Auth(format!(
+                    "{msg}\nGrant the identity Reader on the management groups, or name subscriptions with --subscription ID."
+                )),
+                _ => CollectError::Unreachable(msg),
+            });
+        }
+        let mut out: Vec<(String, Option<String>)> = Vec::new();
+        for row in o.rows.iter().map(|r| value_of(r)) {
+            let id = str_at(&row, &["subscriptionId"])
+                .map(str::to_string)
+                .or_else(|| str_at(&row, &["id"]).map(|i| crate::armid::name_of(i).to_string()));
+            if let Some(id) = id {
+                if !out.iter().any(|(x, _)| x.eq_ignore_ascii_case(&id)) {
+                    out.push((id, str_at(&row, &["name"]).map(str::to_string)));
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(CollectError::Auth(format!(
+                "Azure Resource Graph finds no subscription the identity can read under management group(s) {shown}: nothing to check. Check the group ids, or grant the identity Reader on them."
+            )));
+        }
+        // --subscription with --management-group: a subscription must match both.
+        let wanted = &self.cfg.subscriptions;
+        if !wanted.is_empty() {
+            out.retain(|(id, _)| wanted.iter().any(|w| w.eq_ignore_ascii_case(id)));
+            if out.is_empty() {
+                return Err(CollectError::Auth(format!(
+                    "none of the subscriptions given with --subscription (or AZURE_SUBSCRIPTION_ID) is under management group(s) {shown}: nothing to check."
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn feature(&self, sub: &str, name: &str) -> (String, SingleRead<Item>) {
         let scope = format!("/subscriptions/{sub}/providers/Microsoft.Features/providers/{name}");
         let Some((ns, feat)) = name
             .split_once('/')
@@ -436,7 +759,7 @@ impl Plan<'_> {
         else {
             return (
                 name.to_string(),
-                SingleRead::failed(ErrorRecord {
+                failed_single(ErrorRecord {
                     scope,
                     operation: "read feature registration".into(),
                     status: None,
@@ -456,115 +779,19 @@ impl Plan<'_> {
         let o = self
             .get(read(url, Audience::Arm, scope, "read feature registration"))
             .await;
-        (name.to_string(), to_single_read(&o))
-    }
-
-    async fn subscription(&self, id: &str, display_name: Option<String>) -> SubscriptionSnapshot {
-        let list = |provider: &str, api: &'static str, op: &'static str| {
-            let path = format!("/subscriptions/{id}/providers/{provider}");
-            let url = self.arm(&path, &[("api-version", api)]);
-            self.list(read(url, Audience::Arm, path, op))
-        };
-        let lists = futures::future::join5(
-            list(
-                "Microsoft.Compute/virtualMachines",
-                API_COMPUTE_VMS,
-                "list virtual machines",
-            ),
-            list("Microsoft.Compute/disks", API_COMPUTE_DISKS, "list disks"),
-            list(
-                "Microsoft.Compute/snapshots",
-                API_COMPUTE_DISKS,
-                "list snapshots",
-            ),
-            list(
-                "Microsoft.Compute/diskEncryptionSets",
-                API_COMPUTE_DISKS,
-                "list disk encryption sets",
-            ),
-            list(
-                "Microsoft.RecoveryServices/vaults",
-                API_RECOVERY_SERVICES,
-                "list recovery services vaults",
-            ),
-        );
-        let more = futures::future::join(
-            list(
-                "Microsoft.KeyVault/vaults",
-                API_KEY_VAULT,
-                "list key vaults",
-            ),
-            list(
-                "Microsoft.KeyVault/managedHSMs",
-                API_KEY_VAULT,
-                "list managed HSMs",
-            ),
-        );
-        let feats = join_all(self.cfg.features.iter().map(|f| self.feature(id, f)));
-        let ((vms, disks, snaps, des, vaults), (kvs, hsms), feats) =
-            futures::future::join3(lists, more, feats).await;
-
-        // A subscription ARM does not know is one unreadable scope, not seven failed lists.
-        let all = [&vms, &disks, &snaps, &des, &vaults, &kvs, &hsms];
-        let gone = all
-            .iter()
-            .filter_map(|o| o.error.as_ref())
-            .map(|f| &f.record)
-            .chain(feats.iter().filter_map(|(_, r)| r.error.as_ref()))
-            .find(|r| {
-                r.code.as_deref().is_some_and(|c| {
-                    c.eq_ignore_ascii_case("SubscriptionNotFound")
-                        || c.eq_ignore_ascii_case("InvalidSubscriptionId")
-                })
-            })
-            .cloned();
-        // So is one that refuses every list (no Reader role on it at all).
-        let refused = all.iter().all(|o| {
-            o.pages == 0
-                && o.error
-                    .as_ref()
-                    .is_some_and(|f| matches!(f.kind, FailureKind::Http(401 | 403)))
-        });
-        let gone = gone.or_else(|| {
-            refused
-                .then(|| vms.error.as_ref().map(|f| f.record.clone()))
-                .flatten()
-        });
-        if let Some(mut e) = gone {
-            e.scope = format!("/subscriptions/{id}");
-            e.operation = "read subscription".into();
-            return SubscriptionSnapshot {
-                subscription_id: id.to_string(),
-                display_name,
-                error: Some(e),
-                ..Default::default()
-            };
-        }
-        SubscriptionSnapshot {
-            subscription_id: id.to_string(),
-            display_name,
-            error: None,
-            virtual_machines: Some(vms.to_list_read()),
-            disks: Some(disks.to_list_read()),
-            snapshots: Some(snaps.to_list_read()),
-            disk_encryption_sets: Some(des.to_list_read()),
-            recovery_services_vaults: Some(vaults.to_list_read()),
-            key_vaults: Some(kvs.to_list_read()),
-            managed_hsms: Some(hsms.to_list_read()),
-            features: feats.into_iter().collect(),
-        }
+        (name.to_string(), into_single_read(o))
     }
 
     /// The Backup Management Service's object id: the flag, else Graph.
-    async fn principal(&self) -> (SingleRead, Option<String>) {
+    async fn principal(&self) -> (SingleRead<Item>, Option<String>) {
         if let Some(oid) = &self.cfg.principal_override {
             // Recorded so that `check --from` on this snapshot sees the same principal.
             return (
-                SingleRead::ok(json!({
+                ok_single(item_of(&json!({
                     "id": oid,
                     "appId": BACKUP_MANAGEMENT_APP_ID,
                     "source": "--backup-principal-id"
-                })),
+                }))),
                 Some(oid.clone()),
             );
         }
@@ -582,19 +809,25 @@ impl Plan<'_> {
         );
         match self.get(r).await {
             Ok(v) => {
-                let id = str_at(&v, &["id"]).map(str::to_string);
-                (SingleRead::ok(v), id)
+                let id = str_at(&value_of(&v), &["id"]).map(str::to_string);
+                (ok_single(v), id)
             }
             // Graph's "no such service principal": an answer, not an error. A 404 without a
             // Graph error body (a wrong --graph-endpoint) stays an error.
             Err(f) if f.kind == FailureKind::Http(404) && f.record.code.is_some() => {
-                (SingleRead::not_found(), None)
+                (
+                    SingleRead {
+                        not_found: true,
+                        ..Default::default()
+                    },
+                    None,
+                )
             }
-            Err(f) => (SingleRead::failed(f.record), None),
+            Err(f) => (failed_single(f.record), None),
         }
     }
 
-    async fn vault(&self, id: String) -> (String, VaultChildren) {
+    async fn vault(&self, id: String) -> (String, VaultChildren<Item>) {
         let storage = self.get(read(
             self.arm(
                 &format!("{id}/backupstorageconfig/vaultstorageconfig"),
@@ -635,77 +868,120 @@ impl Plan<'_> {
         (
             id,
             VaultChildren {
-                storage_config: Some(to_single_read(&storage)),
-                policies: Some(policies.to_list_read()),
-                protected_items: Some(items.to_list_read()),
+                storage_config: Some(into_single_read(storage)),
+                policies: Some(policies.into_list_read()),
+                protected_items: Some(items.into_list_read()),
             },
         )
     }
 
-    async fn key_vault_rbac(
-        &self,
-        kv_ids: Vec<String>,
-        principal: Option<String>,
-    ) -> (BTreeMap<String, ListRead>, BTreeMap<String, SingleRead>) {
+    /// One inventory list of one subscription, from ARM.
+    async fn arm_list(&self, sub: &str, kind: Kind) -> ListOutcome {
+        let path = format!("/subscriptions/{sub}/providers/{}", kind.provider());
+        let url = self.arm(&path, &[("api-version", kind.api_version())]);
+        self.list(read(
+            url,
+            Audience::Arm,
+            path,
+            &format!("list {}", kind.what()),
+        ))
+        .await
+    }
+
+    /// One resource type over a batch of subscriptions (or over the management groups), from
+    /// Resource Graph, split back into per-subscription lists. A failed query is an error on the
+    /// list of every subscription of the batch, with the rows read before it.
+    async fn graph_lists(&self, kind: Kind, batch: Vec<(usize, String)>) -> Vec<(usize, ListOutcome)> {
+        let ids: Vec<String> = batch.iter().map(|(_, id)| id.clone()).collect();
+        let scope = if self.cfg.management_groups.is_empty() {
+            Scope::Subscriptions(&ids)
+        } else {
+            Scope::ManagementGroups(&self.cfg.management_groups)
+        };
+        let op = format!("query {} in Resource Graph", kind.what());
+        let o = self
+            .query(scope, &arg::resources_query(kind.provider()), &op)
+            .await;
+        let index: HashMap<String, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(k, id)| (id.to_ascii_lowercase(), k))
+            .collect();
+        let mut per: Vec<Vec<Item>> = (0..batch.len()).map(|_| Vec::new()).collect();
+        for row in o.rows {
+            if let Some(k) = arg::row_subscription(&row).and_then(|s| index.get(&s).copied()) {
+                per[k].push(row);
+            }
+        }
+        batch
+            .into_iter()
+            .zip(per)
+            .map(|((i, id), items)| {
+                let error = o.error.as_ref().map(|f| Failure {
+                    kind: f.kind,
+                    record: ErrorRecord {
+                        scope: format!("/subscriptions/{id}/providers/{}", kind.provider()),
+                        operation: op.clone(),
+                        status: f.record.status,
+                        code: f.record.code.clone(),
+                        message: f.record.message.clone(),
+                    },
+                });
+                (
+                    i,
+                    ListOutcome {
+                        items,
+                        pages: o.pages,
+                        error,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The role assignments of one RBAC Key Vault, for the Backup Management Service only when
+    /// its object id is known.
+    async fn role_assignments(&self, id: String, principal: Option<String>) -> (String, ListOutcome) {
         let filter = principal
             .filter(|p| guid_like(p))
             .map(|p| format!("principalId eq '{p}'"));
-        let lists = join_all(kv_ids.into_iter().filter(|id| arm_id(id)).map(|id| {
-            let path = format!("{id}/providers/Microsoft.Authorization/roleAssignments");
-            let mut q = vec![("api-version", API_AUTHORIZATION)];
-            if let Some(f) = &filter {
-                q.push(("$filter", f.as_str()));
-            }
-            let url = self.arm(&path, &q);
-            async move {
-                debug!("Key Vault {id} uses RBAC: reading its role assignments");
-                let o = self
-                    .list(read(url, Audience::Arm, path, "list role assignments"))
-                    .await;
-                (id, o)
-            }
-        }))
-        .await;
-        let mut role_ids: Vec<String> = Vec::new();
-        for (_, o) in &lists {
-            for a in &o.items {
-                if let Some(r) = str_at(a, &["properties", "roleDefinitionId"]) {
-                    if !role_ids.iter().any(|x| x.eq_ignore_ascii_case(r)) {
-                        role_ids.push(r.to_string());
-                    }
-                }
-            }
+        let path = format!("{id}/providers/Microsoft.Authorization/roleAssignments");
+        let mut q = vec![("api-version", API_AUTHORIZATION)];
+        if let Some(f) = &filter {
+            q.push(("$filter", f.as_str()));
         }
-        let defs = join_all(role_ids.into_iter().map(|rid| async move {
-            if !arm_id(&rid) {
-                let rec = ErrorRecord {
-                    scope: rid.clone(),
-                    operation: "read role definition".into(),
-                    status: None,
-                    code: Some("InvalidRoleDefinitionId".into()),
-                    message: "the role assignment names a role definition that is not an ARM id; not read".into(),
-                };
-                return (rid, SingleRead::failed(rec));
-            }
-            let url = self.arm(&rid, &[("api-version", API_AUTHORIZATION)]);
-            let o = self
-                .get(read(url, Audience::Arm, rid.clone(), "read role definition"))
-                .await;
-            (rid, to_single_read(&o))
-        }))
-        .await;
-        (
-            lists
-                .into_iter()
-                .map(|(id, o)| (id, o.to_list_read()))
-                .collect(),
-            defs.into_iter().collect(),
-        )
+        let url = self.arm(&path, &q);
+        debug!("Key Vault {id} uses RBAC: reading its role assignments");
+        let o = self
+            .list(read(url, Audience::Arm, path, "list role assignments"))
+            .await;
+        (id, o)
+    }
+
+    /// One role definition, as a role assignment names it.
+    async fn role_definition(&self, rid: String) -> (String, SingleRead<Item>) {
+        if !arm_id(&rid) {
+            let rec = ErrorRecord {
+                scope: rid.clone(),
+                operation: "read role definition".into(),
+                status: None,
+                code: Some("InvalidRoleDefinitionId".into()),
+                message:
+                    "the role assignment names a role definition that is not an ARM id; not read"
+                        .into(),
+            };
+            return (rid, failed_single(rec));
+        }
+        let url = self.arm(&rid, &[("api-version", API_AUTHORIZATION)]);
+        let o = self
+            .get(read(url, Audience::Arm, rid.clone(), "read role definition"))
+            .await;
+        (rid, into_single_read(o))
     }
 
     /// Local RBAC of one Managed HSM, from its data plane. `Err` when its `hsmUri` may not be
     /// contacted.
-    async fn hsm(&self, t: HsmTarget) -> Result<(String, HsmRbac), ErrorRecord> {
+    async fn hsm(&self, t: HsmTarget) -> Result<(String, HsmRbac<Item>), ErrorRecord> {
         let Some(raw) = t.hsm_uri.as_deref() else {
             return Err(ErrorRecord {
                 scope: t.id.clone(),
@@ -747,10 +1023,175 @@ impl Plan<'_> {
         Ok((
             t.id,
             HsmRbac {
-                role_assignments: Some(ra.to_list_read()),
-                role_definitions: Some(rd.to_list_read()),
+                role_assignments: Some(ra.into_list_read()),
+                role_definitions: Some(rd.into_list_read()),
             },
         ))
+    }
+}
+
+/// A read that finished, and what it may start.
+enum Event {
+    Lists(Kind, Vec<(usize, ListOutcome)>),
+    Feature(usize, String, SingleRead<Item>),
+    Principal(SingleRead<Item>, Option<String>),
+    Vault(String, VaultChildren<Item>),
+    RoleAssignments(String, ListOutcome),
+    RoleDefinition(String, SingleRead<Item>),
+    Hsm(usize, Result<(String, HsmRbac<Item>), ErrorRecord>),
+}
+
+/// What has been read of one subscription.
+struct SubState {
+    id: String,
+    display_name: Option<String>,
+    lists: [Option<ListOutcome>; 7],
+    features: Vec<(String, SingleRead<Item>)>,
+}
+
+/// The key stores behind the DESs read so far: every confidential DES, plus those in `named`.
+fn key_stores_in(subs: &[SubState], named: &HashSet<String>) -> (Vec<String>, Vec<HsmTarget>) {
+    let values = |kind: Kind| -> Vec<Value> {
+        subs.iter()
+            .filter_map(|s| s.lists[kind.index()].as_ref())
+            .flat_map(|o| o.items.iter().map(|i| value_of(i)))
+            .collect()
+    };
+    let (des, kvs, hsms) = (values(Kind::Des), values(Kind::KeyVaults), values(Kind::Hsms));
+    key_stores_of(
+        &des.iter().collect::<Vec<_>>(),
+        &kvs.iter().collect::<Vec<_>>(),
+        &hsms.iter().collect::<Vec<_>>(),
+        named,
+    )
+}
+
+/// The DESs (normalised ids) that a VM's OS disk or a disk names as confidential.
+fn named_des(subs: &[SubState]) -> HashSet<String> {
+    let mut named = HashSet::new();
+    for s in subs {
+        for (kind, name_of) in [
+            (Kind::Vms, des_named_by_vm as fn(&RawValue) -> Option<String>),
+            (Kind::Disks, des_named_by_disk),
+        ] {
+            if let Some(o) = &s.lists[kind.index()] {
+                for item in &o.items {
+                    if let Some(id) = name_of(item) {
+                        named.insert(crate::armid::norm(&id));
+                    }
+                }
+            }
+        }
+    }
+    named
+}
+
+fn not_read(sub: &str, kind: Kind) -> ListOutcome {
+    ListOutcome {
+        items: Vec::new(),
+        pages: 0,
+        error: Some(Failure {
+            kind: FailureKind::Refused,
+            record: ErrorRecord {
+                scope: format!("/subscriptions/{sub}/providers/{}", kind.provider()),
+                operation: format!("list {}", kind.what()),
+                status: None,
+                code: Some("NotRead".into()),
+                message: "internal: this list was never read".into(),
+            },
+        }),
+    }
+}
+
+/// The subscription's part of the snapshot, or one unreadable scope.
+fn assemble(st: SubState, source: Source) -> SubscriptionSnapshot<Item> {
+    let id = st.id;
+    let [vms, disks, snaps, des, vaults, kvs, hsms] = {
+        let mut k = Kind::ALL.iter();
+        st.lists.map(|o| {
+            let kind = k.next().copied().unwrap_or(Kind::Vms);
+            o.unwrap_or_else(|| not_read(&id, kind))
+        })
+    };
+    let features: BTreeMap<String, SingleRead<Item>> = st.features.into_iter().collect();
+    let all = [&vms, &disks, &snaps, &des, &vaults, &kvs, &hsms];
+    // A subscription ARM does not know is one unreadable scope, not seven failed lists.
+    let gone = all
+        .iter()
+        .filter_map(|o| o.error.as_ref())
+        .map(|f| &f.record)
+        .chain(features.values().filter_map(|r| r.error.as_ref()))
+        .find(|r| {
+            r.code.as_deref().is_some_and(|c| {
+                c.eq_ignore_ascii_case("SubscriptionNotFound")
+                    || c.eq_ignore_ascii_case("InvalidSubscriptionId")
+            })
+        })
+        .cloned();
+    // So is one that refuses every read (no Reader role on it at all). Resource Graph shows
+    // such a subscription as one without rows: the feature read from ARM tells them apart.
+    let refused = match source {
+        Source::Arm => all
+            .iter()
+            .all(|o| {
+                o.pages == 0
+                    && o.error
+                        .as_ref()
+                        .is_some_and(|f| matches!(f.kind, FailureKind::Http(401 | 403)))
+            })
+            .then(|| vms.error.as_ref().map(|f| f.record.clone()))
+            .flatten(),
+        Source::ResourceGraph => all
+            .iter()
+            .all(|o| o.items.is_empty() && o.error.is_none())
+            .then(|| {
+                features
+                    .values()
+                    .filter_map(|r| r.error.as_ref())
+                    .find(|e| matches!(e.status, Some(401 | 403)))
+                    .cloned()
+            })
+            .flatten(),
+    };
+    if let Some(mut e) = gone.or(refused) {
+        e.scope = format!("/subscriptions/{id}");
+        e.operation = "read subscription".into();
+        return SubscriptionSnapshot {
+            subscription_id: id,
+            display_name: st.display_name,
+            error: Some(e),
+            ..Default::default()
+        };
+    }
+    SubscriptionSnapshot {
+        subscription_id: id,
+        display_name: st.display_name,
+        error: None,
+        virtual_machines: Some(vms.into_list_read()),
+        disks: Some(disks.into_list_read()),
+        snapshots: Some(snaps.into_list_read()),
+        disk_encryption_sets: Some(des.into_list_read()),
+        recovery_services_vaults: Some(vaults.into_list_read()),
+        key_vaults: Some(kvs.into_list_read()),
+        managed_hsms: Some(hsms.into_list_read()),
+        features,
+    }
+}
+
+/// Queues the ARM lists of these kinds for every subscription.
+fn push_arm_lists<'a>(
+    plan: &'a Plan<'a>,
+    subs: &[(String, Option<String>)],
+    kinds: &[Kind],
+    tasks: &mut FuturesUnordered<BoxFuture<'a, Event>>,
+) {
+    for &kind in kinds {
+        for (i, (id, _)) in subs.iter().enumerate() {
+            let id = id.clone();
+            tasks.push(Box::pin(async move {
+                Event::Lists(kind, vec![(i, plan.arm_list(&id, kind).await)])
+            }));
+        }
     }
 }
 
@@ -759,64 +1200,216 @@ pub async fn run(
     api: &dyn AzureApi,
     cfg: &PlanConfig,
     progress: &Progress,
-) -> Result<Snapshot, CollectError> {
+) -> Result<Snapshot<Item>, CollectError> {
     let plan = Plan {
         api,
         cfg,
         progress,
         tally: Tally::default(),
+        quota: QuotaGate::default(),
     };
+    let plan = &plan;
     let mut errors: Vec<ErrorRecord> = Vec::new();
     let subs = plan.subscriptions(&mut errors).await?;
+    progress.phase("reading the estate");
 
-    progress.phase("reading subscriptions");
-    let (subs, (principal_read, principal)) = futures::future::join(
-        join_all(
-            subs.iter()
-                .map(|(id, name)| plan.subscription(id, name.clone())),
-        ),
-        plan.principal(),
-    )
-    .await;
-    if let Some(e) = plan.nothing_readable() {
-        return Err(e);
-    }
-
-    progress.phase("reading vaults and keys");
-    let mut vault_ids: Vec<String> = Vec::new();
-    for s in &subs {
-        for v in s
-            .recovery_services_vaults
-            .as_ref()
-            .map(ListRead::items)
-            .unwrap_or_default()
-        {
-            if let Some(id) = str_at(v, &["id"]).filter(|i| arm_id(i)) {
-                if !vault_ids.iter().any(|x| crate::armid::same_id(x, id)) {
-                    vault_ids.push(id.to_string());
+    let mut state: Vec<SubState> = subs
+        .iter()
+        .map(|(id, name)| SubState {
+            id: id.clone(),
+            display_name: name.clone(),
+            lists: Default::default(),
+            features: Vec::new(),
+        })
+        .collect();
+    let mut tasks: FuturesUnordered<BoxFuture<'_, Event>> = FuturesUnordered::new();
+    // Queued in this order: the longest lists first, as they are the chains the run waits
+    // for; then the lists that dependent reads wait for.
+    match cfg.source {
+        Source::Arm => push_arm_lists(plan, &subs, &[Kind::Vms, Kind::Disks], &mut tasks),
+        Source::ResourceGraph => {
+            let all: Vec<(usize, String)> = subs
+                .iter()
+                .enumerate()
+                .map(|(i, (id, _))| (i, id.clone()))
+                .collect();
+            let batches: Vec<Vec<(usize, String)>> = if cfg.management_groups.is_empty() {
+                all.chunks(arg::BATCH).map(<[_]>::to_vec).collect()
+            } else {
+                vec![all]
+            };
+            for kind in Kind::ALL {
+                for b in &batches {
+                    let b = b.clone();
+                    tasks.push(Box::pin(async move {
+                        Event::Lists(kind, plan.graph_lists(kind, b).await)
+                    }));
                 }
             }
         }
     }
-    let (kv_ids, hsm_targets) = key_stores(&subs);
-    let (vaults, (kv_ra, role_defs), hsms) = futures::future::join3(
-        join_all(vault_ids.into_iter().map(|id| plan.vault(id))),
-        plan.key_vault_rbac(kv_ids, principal),
-        join_all(hsm_targets.into_iter().map(|t| plan.hsm(t))),
-    )
-    .await;
+    tasks.push(Box::pin(async move {
+        let (r, id) = plan.principal().await;
+        Event::Principal(r, id)
+    }));
+    if cfg.source == Source::Arm {
+        push_arm_lists(
+            plan,
+            &subs,
+            &[
+                Kind::Vaults,
+                Kind::Des,
+                Kind::KeyVaults,
+                Kind::Hsms,
+                Kind::Snapshots,
+            ],
+            &mut tasks,
+        );
+    }
+    for (i, (id, _)) in subs.iter().enumerate() {
+        for f in &cfg.features {
+            let (id, f) = (id.clone(), f.clone());
+            tasks.push(Box::pin(async move {
+                let (name, r) = plan.feature(&id, &f).await;
+                Event::Feature(i, name, r)
+            }));
+        }
+    }
 
+    let mut locating = state.len() * 3;
+    let mut naming = state.len() * 2;
+    let mut principal: Option<(SingleRead<Item>, Option<String>)> = None;
+    // 0: waiting for the DES, Key Vault and HSM lists (and the principal); 1: the key stores of
+    // confidential DESs are being read; 2: also those of DESs a VM or disk names.
+    let mut key_stage = 0u8;
+    let (mut vaults_seen, mut kvs_seen, mut hsms_seen, mut roles_seen) = (
+        HashSet::new(),
+        HashSet::new(),
+        HashSet::new(),
+        HashSet::new(),
+    );
+    let mut vaults: BTreeMap<String, VaultChildren<Item>> = BTreeMap::new();
+    let mut kv_ra: BTreeMap<String, ListRead<Item>> = BTreeMap::new();
+    let mut role_defs: BTreeMap<String, SingleRead<Item>> = BTreeMap::new();
+    let mut hsms: Vec<(usize, Result<(String, HsmRbac<Item>), ErrorRecord>)> = Vec::new();
+    let mut hsm_count = 0usize;
+
+    while let Some(event) = tasks.next().await {
+        match event {
+            Event::Lists(kind, lists) => {
+                for (i, o) in lists {
+                    if kind == Kind::Vaults {
+                        // Each vault's children as soon as its vault is known.
+                        for v in &o.items {
+                            let v = value_of(v);
+                            let Some(id) = str_at(&v, &["id"]).filter(|i| arm_id(i)) else {
+                                continue;
+                            };
+                            if vaults_seen.insert(crate::armid::norm(id)) {
+                                let id = id.to_string();
+                                tasks.push(Box::pin(async move {
+                                    let (id, ch) = plan.vault(id).await;
+                                    Event::Vault(id, ch)
+                                }));
+                            }
+                        }
+                    }
+                    if kind.locates_keys() {
+                        locating = locating.saturating_sub(1);
+                    }
+                    if kind.names_des() {
+                        naming = naming.saturating_sub(1);
+                    }
+                    if let Some(s) = state.get_mut(i) {
+                        s.lists[kind.index()] = Some(o);
+                    }
+                }
+            }
+            Event::Feature(i, name, r) => {
+                if let Some(s) = state.get_mut(i) {
+                    s.features.push((name, r));
+                }
+            }
+            Event::Principal(r, id) => principal = Some((r, id)),
+            Event::Vault(id, ch) => {
+                vaults.insert(id, ch);
+            }
+            Event::RoleAssignments(id, o) => {
+                // Each role definition as soon as an assignment names it.
+                for a in &o.items {
+                    let a = value_of(a);
+                    if let Some(rid) = str_at(&a, &["properties", "roleDefinitionId"]) {
+                        if roles_seen.insert(rid.to_ascii_lowercase()) {
+                            let rid = rid.to_string();
+                            tasks.push(Box::pin(async move {
+                                let (rid, r) = plan.role_definition(rid).await;
+                                Event::RoleDefinition(rid, r)
+                            }));
+                        }
+                    }
+                }
+                kv_ra.insert(id, o.into_list_read());
+            }
+            Event::RoleDefinition(rid, r) => {
+                role_defs.insert(rid, r);
+            }
+            Event::Hsm(k, r) => hsms.push((k, r)),
+        }
+
+        // The key stores' RBAC as soon as it is known which ones sit behind a confidential DES.
+        loop {
+            let ready = match key_stage {
+                0 => locating == 0 && principal.is_some(),
+                1 => naming == 0,
+                _ => false,
+            };
+            if !ready {
+                break;
+            }
+            key_stage += 1;
+            let named = if key_stage == 2 {
+                named_des(&state)
+            } else {
+                HashSet::new()
+            };
+            let (kv_ids, hsm_targets) = key_stores_in(&state, &named);
+            let pid = principal.as_ref().and_then(|(_, id)| id.clone());
+            for id in kv_ids.into_iter().filter(|id| arm_id(id)) {
+                if kvs_seen.insert(crate::armid::norm(&id)) {
+                    let pid = pid.clone();
+                    tasks.push(Box::pin(async move {
+                        let (id, o) = plan.role_assignments(id, pid).await;
+                        Event::RoleAssignments(id, o)
+                    }));
+                }
+            }
+            for t in hsm_targets {
+                if hsms_seen.insert(crate::armid::norm(&t.id)) {
+                    let k = hsm_count;
+                    hsm_count += 1;
+                    tasks.push(Box::pin(async move { Event::Hsm(k, plan.hsm(t).await) }));
+                }
+            }
+        }
+    }
+    if let Some(e) = plan.nothing_readable() {
+        return Err(e);
+    }
+
+    let subs: Vec<SubscriptionSnapshot<Item>> =
+        state.into_iter().map(|s| assemble(s, cfg.source)).collect();
     let mut snap = Snapshot::new(subs);
-    snap.source = Some("arm".into());
+    snap.source = Some(cfg.source.name().into());
     snap.endpoints = Some(Endpoints {
         arm: Some(cfg.arm_shown.clone()),
         graph: Some(cfg.graph_shown.clone()),
     });
-    snap.backup_principal = Some(principal_read);
-    snap.vaults = vaults.into_iter().collect();
+    snap.backup_principal = principal.map(|(r, _)| r);
+    snap.vaults = vaults;
     snap.key_vault_role_assignments = kv_ra;
     snap.role_definitions = role_defs;
-    for h in hsms {
+    hsms.sort_by_key(|(k, _)| *k);
+    for (_, h) in hsms {
         match h {
             Ok((id, rbac)) => {
                 snap.managed_hsms.insert(id, rbac);
@@ -848,7 +1441,19 @@ mod tests {
         async fn get(&self, r: &Read) -> GetOutcome {
             self.reads.lock().unwrap().push(r.url.path().to_string());
             match self.status {
-                None => Ok(json!({"id": "x", "properties": {"state": "Registered"}})),
+                None => Ok(item_of(
+                    &json!({"id": "x", "properties": {"state": "Registered"}}),
+                )),
+                Some(st) => Err(self.failure(r, st)),
+            }
+        }
+        async fn post(&self, r: &Read, _body: bytes::Bytes) -> crate::collect::api::PostOutcome {
+            self.reads.lock().unwrap().push(r.url.path().to_string());
+            match self.status {
+                None => Ok(crate::collect::api::Posted {
+                    body: bytes::Bytes::from_static(br#"{"data": []}"#),
+                    headers: Vec::new(),
+                }),
                 Some(st) => Err(self.failure(r, st)),
             }
         }
@@ -906,6 +1511,9 @@ mod tests {
             principal_override: None,
             features: vec![PREVIEW_FEATURE.into()],
             static_token: true,
+            source: Source::Arm,
+            management_groups: Vec::new(),
+            deadline: Instant::now() + std::time::Duration::from_secs(60),
         }
     }
 

@@ -1,0 +1,391 @@
+//! The scale benchmark (issue 5): the real release binary against generated estates served by the
+//! test ARM emulator, plus the offline path on a 100k-VM snapshot. It prints its figures; nothing
+//! here asserts a time.
+//!
+//! ```text
+//! cargo bench --bench scale                  # 1k, 10k and 50k VMs live, 100k offline
+//! cargo bench --bench scale -- --quick       # 1k and 10k live, 100k offline
+//! CVM_BENCH_QUICK=1 cargo bench --bench scale
+//! CVM_BENCH_RUNS=3 cargo bench --bench scale # each case three times
+//! ```
+//!
+//! Live: the emulator answers after a fixed 20 ms, pages lists by 100 and enforces ARM's read
+//! bucket per subscription and principal (250 burst, 25/s), answering 429 with `Retry-After`
+//! past it. The binary runs `check --format json` with its default concurrency. The floor is
+//! max(longest chain of dependent requests × latency, requests × latency / concurrency).
+
+#[path = "../tests/support/emulator.rs"]
+mod emulator;
+#[path = "../tests/support/synth.rs"]
+mod synth;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cvm_backup::snapshot::{ListRead, Snapshot};
+use emulator::{Config, Emulator};
+use serde_json::Value;
+use synth::{Raw, Spec};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cvm-backup");
+const TOKEN: &str = "bench-token-3c1d9e0f5a7b";
+/// `--concurrency`'s default (src/cli.rs).
+const DEFAULT_CONCURRENCY: u64 = 16;
+
+struct Child {
+    wall: Duration,
+    code: i32,
+    /// Peak resident set of the child, in KiB.
+    max_rss_kib: i64,
+}
+
+/// Runs the binary with a scrubbed environment; wall time and peak RSS from `wait4`.
+fn run(args: &[String], stdout: Stdio) -> Child {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        let u = k.to_ascii_uppercase();
+        if u.starts_with("AZURE_")
+            || u.starts_with("CVM_BACKUP_")
+            || u.starts_with("IDENTITY_")
+            || u.starts_with("MSI_")
+            || u.ends_with("_PROXY")
+            || u == "RUST_LOG"
+        {
+            c.env_remove(&k);
+        }
+    }
+    c.env("CVM_BACKUP_NOW", "2026-11-28T20:00:00Z")
+        .env("AZURE_CREDENTIAL_KIND", "azurecli")
+        .current_dir(std::env::temp_dir())
+        .args(args)
+        .args(
+            std::env::var("CVM_BENCH_ARGS")
+                .map(|a| a.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        )
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = c.spawn().expect("start cvm-backup");
+    let stderr = child.stderr.take();
+    let drain = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+        }
+        s
+    });
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    assert_eq!(r, pid, "wait4 failed");
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let err = drain.join().unwrap_or_default();
+    if let Ok(f) = std::env::var("CVM_BENCH_STDERR") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(f) {
+            let _ = writeln!(f, "==== {}\n{err}", args.join(" "));
+        }
+    }
+    if !(0..=3).contains(&code) {
+        eprintln!("cvm-backup exited {code}:\n{err}");
+    }
+    Child {
+        wall,
+        code,
+        max_rss_kib: usage.ru_maxrss,
+    }
+}
+
+fn pages(n: usize, page: usize) -> usize {
+    n.div_ceil(page).max(1)
+}
+
+fn items(l: &Option<ListRead<Raw>>) -> usize {
+    l.as_ref().map(|l| l.items().len()).unwrap_or(0)
+}
+
+/// The longest chain of requests that depend on each other, by the data: the subscription
+/// list; then each subscription's lists page by page; a vault's children after its vault list;
+/// Key Vault role assignments (then the role definitions they name) and Managed HSM RBAC after
+/// the lists that say which key stores sit behind a confidential DES (VMs, DESs, Key Vaults,
+/// HSMs) and the Graph lookup of the principal.
+fn longest_chain(snap: &Snapshot<Raw>, page: usize) -> usize {
+    let subs_list = pages(snap.subscriptions.len(), page);
+    let mut lists = 0;
+    let mut keys_known = 0;
+    let mut vault_chain = 0;
+    for s in &snap.subscriptions {
+        let p = |l: &Option<ListRead<Raw>>| pages(items(l), page);
+        let own = [
+            p(&s.virtual_machines),
+            p(&s.disks),
+            p(&s.snapshots),
+            p(&s.disk_encryption_sets),
+            p(&s.recovery_services_vaults),
+            p(&s.key_vaults),
+            p(&s.managed_hsms),
+            1, // the feature
+        ];
+        lists = lists.max(own.into_iter().max().unwrap_or(1));
+        keys_known = keys_known.max(
+            [
+                p(&s.virtual_machines),
+                p(&s.disk_encryption_sets),
+                p(&s.key_vaults),
+                p(&s.managed_hsms),
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or(1),
+        );
+        let vault_list = p(&s.recovery_services_vaults);
+        if let Some(l) = &s.recovery_services_vaults {
+            for v in l.items() {
+                let id: Value = serde_json::from_str(v.get()).unwrap_or(Value::Null);
+                let id = id["id"].as_str().unwrap_or_default().to_string();
+                if let Some(ch) = snap.vaults.get(&id) {
+                    let children = pages(items(&ch.policies), page)
+                        .max(pages(items(&ch.protected_items), page));
+                    vault_chain = vault_chain.max(vault_list + children);
+                }
+            }
+        }
+    }
+    let keys = (subs_list + keys_known).max(1);
+    let kv = snap
+        .key_vault_role_assignments
+        .values()
+        .map(|l| pages(l.items().len(), page) + 1)
+        .max()
+        .unwrap_or(0);
+    let hsm = snap
+        .managed_hsms
+        .values()
+        .map(|h| {
+            pages(items(&h.role_assignments), page).max(pages(items(&h.role_definitions), page))
+        })
+        .max()
+        .unwrap_or(0);
+    (subs_list + lists)
+        .max(subs_list + vault_chain)
+        .max(keys + kv)
+        .max(keys + hsm)
+}
+
+fn mib(kib: i64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+struct LiveRow {
+    vms: usize,
+    subs: usize,
+    requests: usize,
+    wall: Duration,
+    chain: usize,
+    floor: Duration,
+    throttled: usize,
+    complete: String,
+    rss_kib: i64,
+    max_in_flight: usize,
+}
+
+fn live(vms: usize, subs: usize) -> LiveRow {
+    let snap = synth::estate(&Spec::new(vms, subs));
+    let config = Config::azure_like();
+    let latency = config.latency;
+    let page = config.page_size;
+    let chain = longest_chain(&snap, page);
+    let emu = Emulator::from_snapshot(&snap, config);
+    drop(snap);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("report.json");
+    let args: Vec<String> = [
+        "check",
+        "--arm-endpoint",
+        &emu.arm(),
+        "--graph-endpoint",
+        &emu.graph(),
+        "--access-token",
+        TOKEN,
+        "--no-config",
+        "--no-progress",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap_or_default(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let child = run(&args, Stdio::null());
+    let doc: Value = std::fs::read(&out)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let complete = match &doc["complete"] {
+        Value::Bool(b) => b.to_string(),
+        _ => format!("no report (exit {})", child.code),
+    };
+    let reported = doc["summary"]["vms"].as_u64().unwrap_or(0) as usize;
+    if reported != vms {
+        eprintln!("warning: the report has {reported} VMs, the estate {vms}");
+    }
+    let requests = emu.request_count();
+    let floor = (latency * chain as u32)
+        .max(latency * requests as u32 / DEFAULT_CONCURRENCY as u32);
+    LiveRow {
+        vms,
+        subs,
+        requests,
+        wall: child.wall,
+        chain,
+        floor,
+        throttled: emu.throttled(),
+        complete,
+        rss_kib: child.max_rss_kib,
+        max_in_flight: emu.max_in_flight(),
+    }
+}
+
+struct OfflineRow {
+    vms: usize,
+    subs: usize,
+    file_mib: f64,
+    wall: Duration,
+    code: i32,
+    rss_kib: i64,
+}
+
+fn offline(file: &Path, vms: usize, subs: usize) -> OfflineRow {
+    let args: Vec<String> = [
+        "check",
+        "--from",
+        file.to_str().unwrap_or_default(),
+        "--no-config",
+        "--format",
+        "json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let child = run(&args, Stdio::null());
+    OfflineRow {
+        vms,
+        subs,
+        file_mib: std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0,
+        wall: child.wall,
+        code: child.code,
+        rss_kib: child.max_rss_kib,
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map(|k| format!("{:.0} GiB", k as f64 / 1048576.0))
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem} RAM")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick")
+        || std::env::var("CVM_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let runs: usize = std::env::var("CVM_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    // (VMs, subscriptions): 10k over 10 subscriptions is the target case — a large tenant's
+    // production subscriptions hold about a thousand VMs each.
+    let mut cases = vec![(1_000, 10), (10_000, 10)];
+    if !quick {
+        cases.push((10_000, 100));
+        cases.push((50_000, 200));
+    }
+
+    println!("# cvm-backup scale benchmark");
+    println!();
+    println!("machine: {}", machine());
+    println!("binary: {BIN}");
+    println!(
+        "emulator: 20 ms per answer, pages of 100, ARM read bucket 250 burst / 25 per s per subscription; default --concurrency {DEFAULT_CONCURRENCY}"
+    );
+    println!();
+    println!("## Live (`check --format json` against the emulator)");
+    println!();
+    println!("| VMs | subscriptions | requests | requests/VM | wall | longest chain | floor | wall/floor | 429s | complete | peak RSS | max in flight |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    for &(vms, subs) in &cases {
+        for _ in 0..runs {
+            let r = live(vms, subs);
+            println!(
+                "| {} | {} | {} | {:.4} | {:.0} ms | {} | {:.0} ms | {:.2} | {} | {} | {:.0} MiB | {} |",
+                r.vms,
+                r.subs,
+                r.requests,
+                r.requests as f64 / r.vms as f64,
+                r.wall.as_secs_f64() * 1000.0,
+                r.chain,
+                r.floor.as_secs_f64() * 1000.0,
+                r.wall.as_secs_f64() / r.floor.as_secs_f64(),
+                r.throttled,
+                r.complete,
+                mib(r.rss_kib),
+                r.max_in_flight,
+            );
+        }
+    }
+
+    println!();
+    println!("## Offline (`check --from FILE --format json > /dev/null`)");
+    println!();
+    let (vms, subs) = (100_000, 100);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("estate-100k.json");
+    let snap = synth::estate(&Spec::new(vms, subs));
+    synth::write(&snap, &file);
+    drop(snap);
+    println!("| VMs | subscriptions | snapshot | wall | peak RSS | exit |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for _ in 0..runs {
+        let r = offline(&file, vms, subs);
+        println!(
+            "| {} | {} | {:.0} MiB | {:.0} ms | {:.0} MiB | {} |",
+            r.vms,
+            r.subs,
+            r.file_mib,
+            r.wall.as_secs_f64() * 1000.0,
+            mib(r.rss_kib),
+            r.code
+        );
+    }
+}
