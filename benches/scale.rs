@@ -34,15 +34,65 @@ const TOKEN: &str = "bench-token-3c1d9e0f5a7b";
 const DEFAULT_CONCURRENCY: u64 = 16;
 
 struct Child {
+    spawned: Instant,
     wall: Duration,
+    /// CPU time of the child (user + system).
+    cpu: Duration,
     code: i32,
     /// Peak resident set of the child, in KiB.
     max_rss_kib: i64,
 }
 
-/// Runs the binary with a scrubbed environment; wall time and peak RSS from `wait4`.
+/// `wait4` on our own child: its exit code, peak RSS in KiB and CPU time (user + system).
+fn wait_measured(pid: libc::pid_t) -> (i32, i64, Duration) {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `rusage` is plain data that wait4 fills in; `pid` is our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if r != pid {
+        return (-1, 0, Duration::ZERO);
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    (code, usage.ru_maxrss, tv(usage.ru_utime) + tv(usage.ru_stime))
+}
+
+/// Launcher mode (`scale --measure REPORT -- PROGRAM ARGS…`): runs PROGRAM with the stdio it was
+/// given, and writes "EXIT_CODE PEAK_RSS_KIB CPU_MS" to REPORT.
+///
+/// Why a launcher: Linux folds the RSS high-water mark of the process image an `exec` replaces
+/// into `ru_maxrss`, so a child forked from this benchmark (which holds the whole estate) would
+/// report the benchmark's own RSS. Forked from this small launcher instead, it reports its own.
+fn launcher(args: &[String]) -> i32 {
+    let (Some(report), Some(program)) = (args.first(), args.get(2)) else {
+        return 2;
+    };
+    let Ok(child) = Command::new(program).args(&args[3..]).spawn() else {
+        return 127;
+    };
+    let (code, rss, cpu) = wait_measured(child.id() as libc::pid_t);
+    let _ = std::fs::write(report, format!("{code} {rss} {}", cpu.as_millis()));
+    code
+}
+
+/// Runs the binary with a scrubbed environment, through the launcher; wall time, exit code and
+/// peak RSS.
 fn run(args: &[String], stdout: Stdio) -> Child {
-    let mut c = Command::new(BIN);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("rusage");
+    let mut c = Command::new(std::env::current_exe().expect("the benchmark's own path"));
+    c.arg("--measure").arg(&report).arg("--");
+    // CVM_BENCH_WRAP="perf record -o /tmp/perf.data --" runs the binary under a profiler.
+    if let Ok(w) = std::env::var("CVM_BENCH_WRAP") {
+        c.args(w.split_whitespace());
+    }
+    c.arg(BIN);
     for (k, _) in std::env::vars() {
         let u = k.to_ascii_uppercase();
         if u.starts_with("AZURE_")
@@ -68,7 +118,7 @@ fn run(args: &[String], stdout: Stdio) -> Child {
         .stdout(stdout)
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = c.spawn().expect("start cvm-backup");
+    let mut child = c.spawn().expect("start the launcher");
     let stderr = child.stderr.take();
     let drain = std::thread::spawn(move || {
         let mut s = String::new();
@@ -77,18 +127,19 @@ fn run(args: &[String], stdout: Stdio) -> Child {
         }
         s
     });
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let _ = wait_measured(child.id() as libc::pid_t);
     let wall = start.elapsed();
-    assert_eq!(r, pid, "wait4 failed");
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
+    let (code, max_rss_kib, cpu) = std::fs::read_to_string(&report)
+        .ok()
+        .and_then(|r| {
+            let mut f = r.split(' ');
+            Some((
+                f.next()?.parse().ok()?,
+                f.next()?.parse().ok()?,
+                Duration::from_millis(f.next()?.parse().ok()?),
+            ))
+        })
+        .unwrap_or((-1, 0, Duration::ZERO));
     let err = drain.join().unwrap_or_default();
     if let Ok(f) = std::env::var("CVM_BENCH_STDERR") {
         use std::io::Write;
@@ -100,9 +151,11 @@ fn run(args: &[String], stdout: Stdio) -> Child {
         eprintln!("cvm-backup exited {code}:\n{err}");
     }
     Child {
+        spawned: start,
         wall,
+        cpu,
         code,
-        max_rss_kib: usage.ru_maxrss,
+        max_rss_kib,
     }
 }
 
@@ -196,12 +249,23 @@ struct LiveRow {
     throttled: usize,
     complete: String,
     rss_kib: i64,
+    cpu: Duration,
     max_in_flight: usize,
+    /// Spawn to first request (start-up), first request to last answer (the reads), last
+    /// answer to exit (evaluation and rendering).
+    phases: (Duration, Duration, Duration),
 }
 
 fn live(vms: usize, subs: usize) -> LiveRow {
     let snap = synth::estate(&Spec::new(vms, subs));
-    let config = Config::azure_like();
+    let mut config = Config::azure_like();
+    // CVM_BENCH_LATENCY_MS overrides the 20 ms per answer (0: what the reads cost by themselves).
+    if let Some(ms) = std::env::var("CVM_BENCH_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        config.latency = Duration::from_millis(ms);
+    }
     let latency = config.latency;
     let page = config.page_size;
     let chain = longest_chain(&snap, page);
@@ -241,6 +305,31 @@ fn live(vms: usize, subs: usize) -> LiveRow {
         eprintln!("warning: the report has {reported} VMs, the estate {vms}");
     }
     let requests = emu.request_count();
+    let seen = emu.requests();
+    let started = emu.started();
+    let first = seen.iter().map(|s| started + s.at).min();
+    let last = seen.iter().map(|s| started + s.at + latency).max();
+    let exit = child.spawned + child.wall;
+    // CVM_BENCH_TIMELINE=FILE: one line per request (ms since spawn, status, path), to see
+    // where the reads idle.
+    if let Ok(f) = std::env::var("CVM_BENCH_TIMELINE") {
+        let lines: Vec<String> = seen
+            .iter()
+            .map(|s| {
+                let at = (started + s.at).saturating_duration_since(child.spawned);
+                format!("{:.1} {} {}", at.as_secs_f64() * 1000.0, s.status, s.path)
+            })
+            .collect();
+        let _ = std::fs::write(format!("{f}.{vms}x{subs}"), lines.join("\n"));
+    }
+    let phases = match (first, last) {
+        (Some(f), Some(l)) => (
+            f.saturating_duration_since(child.spawned),
+            l.saturating_duration_since(f),
+            exit.saturating_duration_since(l),
+        ),
+        _ => Default::default(),
+    };
     let floor = (latency * chain as u32)
         .max(latency * requests as u32 / DEFAULT_CONCURRENCY as u32);
     LiveRow {
@@ -253,7 +342,9 @@ fn live(vms: usize, subs: usize) -> LiveRow {
         throttled: emu.throttled(),
         complete,
         rss_kib: child.max_rss_kib,
+        cpu: child.cpu,
         max_in_flight: emu.max_in_flight(),
+        phases,
     }
 }
 
@@ -264,6 +355,7 @@ struct OfflineRow {
     wall: Duration,
     code: i32,
     rss_kib: i64,
+    cpu: Duration,
 }
 
 fn offline(file: &Path, vms: usize, subs: usize) -> OfflineRow {
@@ -286,6 +378,7 @@ fn offline(file: &Path, vms: usize, subs: usize) -> OfflineRow {
         wall: child.wall,
         code: child.code,
         rss_kib: child.max_rss_kib,
+        cpu: child.cpu,
     }
 }
 
@@ -317,6 +410,9 @@ fn machine() -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--measure") {
+        std::process::exit(launcher(&args[2..]));
+    }
     let quick = args.iter().any(|a| a == "--quick")
         || std::env::var("CVM_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let runs: usize = std::env::var("CVM_BENCH_RUNS")
@@ -331,6 +427,17 @@ fn main() {
         cases.push((10_000, 100));
         cases.push((50_000, 200));
     }
+    // CVM_BENCH_CASES="10000x10,50000x200" picks the live cases; "" runs none.
+    if let Ok(list) = std::env::var("CVM_BENCH_CASES") {
+        cases = list
+            .split(',')
+            .filter_map(|c| {
+                let (v, s) = c.trim().split_once('x')?;
+                Some((v.parse().ok()?, s.parse().ok()?))
+            })
+            .collect();
+    }
+    let offline_too = std::env::var("CVM_BENCH_OFFLINE").map_or(true, |v| v != "0");
 
     println!("# cvm-backup scale benchmark");
     println!();
@@ -342,13 +449,13 @@ fn main() {
     println!();
     println!("## Live (`check --format json` against the emulator)");
     println!();
-    println!("| VMs | subscriptions | requests | requests/VM | wall | longest chain | floor | wall/floor | 429s | complete | peak RSS | max in flight |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    println!("| VMs | subscriptions | requests | requests/VM | wall | longest chain | floor | wall/floor | 429s | complete | peak RSS | CPU | start-up / reads / evaluate+render | max in flight |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|");
     for &(vms, subs) in &cases {
         for _ in 0..runs {
             let r = live(vms, subs);
             println!(
-                "| {} | {} | {} | {:.4} | {:.0} ms | {} | {:.0} ms | {:.2} | {} | {} | {:.0} MiB | {} |",
+                "| {} | {} | {} | {:.4} | {:.0} ms | {} | {:.0} ms | {:.2} | {} | {} | {:.0} MiB | {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} |",
                 r.vms,
                 r.subs,
                 r.requests,
@@ -360,31 +467,49 @@ fn main() {
                 r.throttled,
                 r.complete,
                 mib(r.rss_kib),
+                r.cpu.as_secs_f64() * 1000.0,
+                r.phases.0.as_secs_f64() * 1000.0,
+                r.phases.1.as_secs_f64() * 1000.0,
+                r.phases.2.as_secs_f64() * 1000.0,
                 r.max_in_flight,
             );
         }
     }
 
+    if !offline_too {
+        return;
+    }
     println!();
     println!("## Offline (`check --from FILE --format json > /dev/null`)");
     println!();
-    let (vms, subs) = (100_000, 100);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("estate-100k.json");
+    // CVM_BENCH_OFFLINE_CASE="10000x10" sizes the offline estate (default 100k VMs over 100).
+    let (vms, subs) = std::env::var("CVM_BENCH_OFFLINE_CASE")
+        .ok()
+        .and_then(|c| {
+            let (v, s) = c.trim().split_once('x')?;
+            Some((v.parse().ok()?, s.parse().ok()?))
+        })
+        .unwrap_or((100_000, 100));
+    // Kept after the run (target/tmp), to profile or re-run by hand.
+    let file =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("scale-estate-{vms}x{subs}.json"));
     let snap = synth::estate(&Spec::new(vms, subs));
     synth::write(&snap, &file);
     drop(snap);
-    println!("| VMs | subscriptions | snapshot | wall | peak RSS | exit |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("snapshot: {}", file.display());
+    println!();
+    println!("| VMs | subscriptions | snapshot | wall | peak RSS | CPU | exit |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for _ in 0..runs {
         let r = offline(&file, vms, subs);
         println!(
-            "| {} | {} | {:.0} MiB | {:.0} ms | {:.0} MiB | {} |",
+            "| {} | {} | {:.0} MiB | {:.0} ms | {:.0} MiB | {:.0} ms | {} |",
             r.vms,
             r.subs,
             r.file_mib,
             r.wall.as_secs_f64() * 1000.0,
             mib(r.rss_kib),
+            r.cpu.as_secs_f64() * 1000.0,
             r.code
         );
     }

@@ -38,6 +38,10 @@ pub struct Read {
     pub scope: String,
     /// What was being done, e.g. "list disks".
     pub operation: String,
+    /// Other reads wait for this one (a vault list, a DES list, …): it goes ahead of new reads.
+    pub unlocks: bool,
+    /// Continues a chain under way (a query's next page): it goes ahead of new reads too.
+    pub continues: bool,
 }
 
 /// Why a read failed, for the collector's own decisions (exit 4 or an incomplete snapshot).

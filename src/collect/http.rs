@@ -186,16 +186,26 @@ pub fn shown(url: &Url) -> String {
 
 // ---- Throttle ------------------------------------------------------------------------------
 
-/// `--concurrency` request slots. A freed slot goes to the oldest *urgent* waiter (a request
-/// that continues a chain under way), else to the oldest waiter.
+/// How soon a request should get a slot, most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rank {
+    /// Other reads wait for its answer (a vault list, the principal, …).
+    Unlocks = 0,
+    /// Continues a chain under way: a list's next page, a retry.
+    Continues = 1,
+    /// Starts something new.
+    New = 2,
+}
+
+/// `--concurrency` request slots. A freed slot goes to the oldest waiter of the most urgent
+/// [`Rank`].
 pub struct Slots {
     state: Mutex<SlotState>,
 }
 
 struct SlotState {
     free: usize,
-    urgent: VecDeque<oneshot::Sender<SlotPermit>>,
-    normal: VecDeque<oneshot::Sender<SlotPermit>>,
+    waiting: [VecDeque<oneshot::Sender<SlotPermit>>; 3],
 }
 
 /// One slot, given back when dropped.
@@ -214,8 +224,7 @@ impl Slots {
         Arc::new(Slots {
             state: Mutex::new(SlotState {
                 free: n.max(1),
-                urgent: VecDeque::new(),
-                normal: VecDeque::new(),
+                waiting: Default::default(),
             }),
         })
     }
@@ -223,7 +232,7 @@ impl Slots {
     fn release(self: &Arc<Self>) {
         loop {
             let next = match self.state.lock() {
-                Ok(mut st) => match st.urgent.pop_front().or_else(|| st.normal.pop_front()) {
+                Ok(mut st) => match st.waiting.iter_mut().find_map(VecDeque::pop_front) {
                     Some(tx) => tx,
                     None => {
                         st.free += 1;
@@ -243,8 +252,8 @@ impl Slots {
         }
     }
 
-    /// A slot, at once when one is free, else in turn (urgent waiters first).
-    pub async fn acquire(self: &Arc<Self>, urgent: bool) -> Option<SlotPermit> {
+    /// A slot, at once when one is free, else in turn (most urgent rank first).
+    pub async fn acquire(self: &Arc<Self>, rank: Rank) -> Option<SlotPermit> {
         let rx = {
             let mut st = self.state.lock().ok()?;
             if st.free > 0 {
@@ -254,11 +263,7 @@ impl Slots {
                 });
             }
             let (tx, rx) = oneshot::channel();
-            if urgent {
-                st.urgent.push_back(tx);
-            } else {
-                st.normal.push_back(tx);
-            }
+            st.waiting[rank as usize].push_back(tx);
             rx
         };
         rx.await.ok()
@@ -302,9 +307,9 @@ impl Limiter {
         origin
     }
 
-    /// Waits for a token in the URL's bucket, then for a free slot (`urgent`: ahead of requests
-    /// that start something new). `None` when the deadline comes first.
-    async fn acquire(&self, url: &Url, deadline: Instant, urgent: bool) -> Option<SlotPermit> {
+    /// Waits for a token in the URL's bucket, then for a free slot in turn of its rank. `None`
+    /// when the deadline comes first.
+    async fn acquire(&self, url: &Url, deadline: Instant, rank: Rank) -> Option<SlotPermit> {
         let key = Self::bucket_key(url);
         loop {
             let wait = {
@@ -336,7 +341,7 @@ impl Limiter {
             }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        tokio::time::timeout(remaining, self.slots.acquire(urgent))
+        tokio::time::timeout(remaining, self.slots.acquire(rank))
             .await
             .ok()?
     }
@@ -356,8 +361,8 @@ struct Trace {
 struct ReqMeta {
     token_scope: String,
     trace: Arc<Mutex<Trace>>,
-    /// Continues a chain under way (a list's next page): served before new requests.
-    urgent: bool,
+    /// How soon it should get a slot (a retry is moved up to `Continues`).
+    rank: Rank,
 }
 
 fn with_trace(ctx: &Context, f: impl FnOnce(&mut Trace)) {
@@ -501,12 +506,17 @@ impl Policy for AttemptPolicy {
         );
         let url = shown(request.url());
         // A retry is as urgent as the next page: something already waits on it.
-        let urgent = ctx.get::<ReqMeta>().is_some_and(|m| {
-            m.urgent || m.trace.lock().map(|t| t.attempts > 1).unwrap_or(false)
+        let rank = ctx.get::<ReqMeta>().map_or(Rank::New, |m| {
+            let retry = m.trace.lock().map(|t| t.attempts > 1).unwrap_or(false);
+            if retry {
+                m.rank.min(Rank::Continues)
+            } else {
+                m.rank
+            }
         });
         let Some(_permit) = self
             .limiter
-            .acquire(request.url(), self.deadline, urgent)
+            .acquire(request.url(), self.deadline, rank)
             .await
         else {
             return Err(deadline_error());
@@ -685,14 +695,14 @@ impl PipelineApi {
         url: &Url,
         read: &Read,
         post: Option<Bytes>,
-        urgent: bool,
+        rank: Rank,
     ) -> Result<(Bytes, Headers), Failure> {
         let trace = Arc::new(Mutex::new(Trace::default()));
         let mut ctx = Context::new();
         ctx.insert(ReqMeta {
             token_scope: self.token_scope(&read.audience),
             trace: trace.clone(),
-            urgent,
+            rank,
         });
         let method = if post.is_some() {
             Method::Post
@@ -768,6 +778,35 @@ impl PipelineApi {
         }
     }
 
+    /// One page of a list: fetched and split into its items.
+    async fn page(
+        &self,
+        url: &Url,
+        read: &Read,
+        rank: Rank,
+        number: usize,
+    ) -> Result<(Vec<Box<RawValue>>, Option<String>), Failure> {
+        let (body, _) = self.fetch(url, read, None, rank).await?;
+        let page: Page<'_> = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = if serde_json::from_slice::<&RawValue>(&body).is_ok() {
+                    format!("page {number} has no `value` array")
+                } else {
+                    format!("page {number} is not JSON: {e}")
+                };
+                return Err(self.malformed(read, msg));
+            }
+        };
+        let Some(items) = &page.value else {
+            return Err(self.malformed(read, format!("page {number} has no `value` array")));
+        };
+        Ok((
+            items.iter().map(|i| RawValue::to_owned(i)).collect(),
+            next_link(&page),
+        ))
+    }
+
     fn malformed(&self, read: &Read, msg: String) -> Failure {
         Failure {
             kind: FailureKind::Malformed,
@@ -776,21 +815,26 @@ impl PipelineApi {
     }
 }
 
-/// One page of an ARM (or Graph, or data-plane) list, borrowed from the response body.
+fn first_rank(read: &Read) -> Rank {
+    if read.continues {
+        Rank::Continues
+    } else if read.unlocks {
+        Rank::Unlocks
+    } else {
+        Rank::New
+    }
+}
+
+/// One page of an ARM (or Graph, or data-plane) list, borrowed from the response body: one
+/// pass over the text splits it into its items.
 #[derive(Deserialize)]
 struct Page<'a> {
     #[serde(borrow)]
-    value: Option<&'a RawValue>,
+    value: Option<Vec<&'a RawValue>>,
     #[serde(rename = "nextLink", borrow)]
     next_link: Option<&'a RawValue>,
     #[serde(rename = "@odata.nextLink", borrow)]
     odata_next_link: Option<&'a RawValue>,
-}
-
-/// The items of a page's `value` array, as JSON text; `None` when it is not an array.
-fn page_items(value: Option<&RawValue>) -> Option<Vec<Box<RawValue>>> {
-    let items: Vec<&RawValue> = serde_json::from_str(value?.get()).ok()?;
-    Some(items.into_iter().map(RawValue::to_owned).collect())
 }
 
 /// A `nextLink` worth following: a non-empty string.
@@ -805,13 +849,16 @@ fn next_link(page: &Page<'_>) -> Option<String> {
 #[async_trait::async_trait]
 impl AzureApi for PipelineApi {
     async fn get(&self, read: &Read) -> GetOutcome {
-        let (body, _) = self.fetch(&read.url, read, None, false).await?;
+        let (body, _) = self.fetch(&read.url, read, None, first_rank(read)).await?;
         serde_json::from_slice::<Box<RawValue>>(&body)
             .map_err(|e| self.malformed(read, format!("the response is not JSON: {e}")))
     }
 
     async fn post(&self, read: &Read, body: Bytes) -> PostOutcome {
-        let (body, headers) = self.fetch(&read.url, read, Some(body), false).await?;
+        // A query's pages are sent by the caller: each is ranked as a first request.
+        let (body, headers) = self
+            .fetch(&read.url, read, Some(body), first_rank(read))
+            .await?;
         Ok(Posted {
             body,
             headers: headers
@@ -846,34 +893,21 @@ impl AzureApi for PipelineApi {
                 return out;
             }
             // Every page after the first continues a chain: it goes ahead of new requests.
-            let body = match self.fetch(&url, read, None, out.pages > 0).await {
-                Ok((b, _)) => b,
+            let rank = if out.pages > 0 {
+                Rank::Continues
+            } else {
+                first_rank(read)
+            };
+            let (items, next) = match self.page(&url, read, rank, out.pages + 1).await {
+                Ok(p) => p,
                 Err(f) => {
                     out.error = Some(f);
                     return out;
                 }
             };
-            let page: Page<'_> = match serde_json::from_slice(&body) {
-                Ok(v) => v,
-                Err(e) => {
-                    let msg = if serde_json::from_slice::<&RawValue>(&body).is_ok() {
-                        format!("page {} has no `value` array", out.pages + 1)
-                    } else {
-                        format!("page {} is not JSON: {e}", out.pages + 1)
-                    };
-                    out.error = Some(self.malformed(read, msg));
-                    return out;
-                }
-            };
-            let Some(items) = page_items(page.value) else {
-                out.error = Some(
-                    self.malformed(read, format!("page {} has no `value` array", out.pages + 1)),
-                );
-                return out;
-            };
             out.items.extend(items);
             out.pages += 1;
-            let Some(next) = next_link(&page) else {
+            let Some(next) = next else {
                 return out;
             };
             let next_url = match url.join(&next) {
@@ -1019,12 +1053,12 @@ mod tests {
         let u = Url::parse("http://127.0.0.1:1/subscriptions/s/x").unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         for _ in 0..5 {
-            assert!(l.acquire(&u, deadline, false).await.is_some());
+            assert!(l.acquire(&u, deadline, Rank::New).await.is_some());
         }
         // A budget that cannot refill before the deadline gives up instead of sleeping past it.
         let slow = Limiter::new(4, 1.0, 0.001);
-        assert!(slow.acquire(&u, deadline, false).await.is_some());
-        assert!(slow.acquire(&u, deadline, false).await.is_none());
+        assert!(slow.acquire(&u, deadline, Rank::New).await.is_some());
+        assert!(slow.acquire(&u, deadline, Rank::New).await.is_none());
     }
 
     #[test]

@@ -531,7 +531,15 @@ fn read(url: Url, audience: Audience, scope: String, operation: &str) -> Read {
         audience,
         scope,
         operation: operation.to_string(),
+        unlocks: false,
+        continues: false,
     }
+}
+
+/// A read that other reads wait for: served ahead of reads that start something new.
+fn unlocking(mut r: Read) -> Read {
+    r.unlocks = true;
+    r
 }
 
 impl Plan<'_> {
@@ -564,12 +572,16 @@ impl Plan<'_> {
     }
 
     /// One Resource Graph query, every page.
-    async fn query(&self, scope: Scope<'_>, query: &str, operation: &str) -> arg::QueryOutcome {
-        let url = self.arm(
-            arg::PATH,
-            &[("api-version", arg::API_RESOURCE_GRAPH)],
-        );
-        let r = read(url, Audience::Arm, arg::PATH.into(), operation);
+    async fn query(
+        &self,
+        scope: Scope<'_>,
+        query: &str,
+        operation: &str,
+        unlocks: bool,
+    ) -> arg::QueryOutcome {
+        let url = self.arm(arg::PATH, &[("api-version", arg::API_RESOURCE_GRAPH)]);
+        let mut r = read(url, Audience::Arm, arg::PATH.into(), operation);
+        r.unlocks = unlocks;
         let o = arg::query_all(self.api, &self.quota, &r, scope, query, self.cfg.deadline).await;
         if o.pages > 0 {
             self.tally.ok.fetch_add(1, Ordering::SeqCst);
@@ -699,6 +711,7 @@ impl Plan<'_> {
                 Scope::ManagementGroups(mgs),
                 arg::SUBSCRIPTIONS_QUERY,
                 "list the subscriptions of the management groups (Resource Graph)",
+                true,
             )
             .await;
         let shown = mgs.join(", ");
@@ -801,12 +814,12 @@ impl Plan<'_> {
             &path,
             &[("$select", "id,appId,displayName")],
         );
-        let r = read(
+        let r = unlocking(read(
             url.clone(),
             Audience::Graph,
             super::http::shown(&url),
             "look up the Backup Management Service in Microsoft Graph",
-        );
+        ));
         match self.get(r).await {
             Ok(v) => {
                 let id = str_at(&value_of(&v), &["id"]).map(str::to_string);
@@ -879,13 +892,15 @@ impl Plan<'_> {
     async fn arm_list(&self, sub: &str, kind: Kind) -> ListOutcome {
         let path = format!("/subscriptions/{sub}/providers/{}", kind.provider());
         let url = self.arm(&path, &[("api-version", kind.api_version())]);
-        self.list(read(
-            url,
-            Audience::Arm,
-            path,
-            &format!("list {}", kind.what()),
-        ))
-        .await
+        let r = read(url, Audience::Arm, path, &format!("list {}", kind.what()));
+        // The vault list starts the vaults' reads; the DES, Key Vault and HSM lists the key
+        // stores'.
+        let unlocks = kind == Kind::Vaults || kind.locates_keys();
+        let mut r = if unlocks { unlocking(r) } else { r };
+        // VMs and disks are the long lists: their first page starts the run's longest chains,
+        // so it queues with the pages that continue chains, not behind one-off reads.
+        r.continues = matches!(kind, Kind::Vms | Kind::Disks);
+        self.list(r).await
     }
 
     /// One resource type over a batch of subscriptions (or over the management groups), from
@@ -900,7 +915,12 @@ impl Plan<'_> {
         };
         let op = format!("query {} in Resource Graph", kind.what());
         let o = self
-            .query(scope, &arg::resources_query(kind.provider()), &op)
+            .query(
+                scope,
+                &arg::resources_query(kind.provider()),
+                &op,
+                kind == Kind::Vaults || kind.locates_keys(),
+            )
             .await;
         let index: HashMap<String, usize> = ids
             .iter()
@@ -953,7 +973,12 @@ impl Plan<'_> {
         let url = self.arm(&path, &q);
         debug!("Key Vault {id} uses RBAC: reading its role assignments");
         let o = self
-            .list(read(url, Audience::Arm, path, "list role assignments"))
+            .list(unlocking(read(
+                url,
+                Audience::Arm,
+                path,
+                "list role assignments",
+            )))
             .await;
         (id, o)
     }

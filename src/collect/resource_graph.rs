@@ -227,9 +227,18 @@ pub async fn query_all(
             });
             return out;
         }
-        let answer = api
-            .post(read, body(scope, query, token.as_deref()))
-            .await;
+        let page_read;
+        let this = if out.pages > 0 {
+            // The next page continues a chain under way.
+            page_read = Read {
+                continues: true,
+                ..read.clone()
+            };
+            &page_read
+        } else {
+            read
+        };
+        let answer = api.post(this, body(scope, query, token.as_deref())).await;
         gate.leave(answer.as_ref().ok());
         let posted = match answer {
             Ok(p) => p,

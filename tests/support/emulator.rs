@@ -1252,6 +1252,11 @@ impl Emulator {
         self.state.lock().unwrap().seen.clone()
     }
 
+    /// When the emulator started (every [`Seen::at`] counts from here).
+    pub fn started(&self) -> Instant {
+        self.state.lock().unwrap().started
+    }
+
     /// How many requests were answered so far.
     pub fn request_count(&self) -> usize {
         self.state.lock().unwrap().seen.len()
