@@ -60,7 +60,11 @@ fn wait_measured(pid: libc::pid_t) -> (i32, i64, Duration) {
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
     };
-    (code, usage.ru_maxrss, tv(usage.ru_utime) + tv(usage.ru_stime))
+    (
+        code,
+        usage.ru_maxrss,
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+    )
 }
 
 /// Launcher mode (`scale --measure REPORT -- PROGRAM ARGS…`): runs PROGRAM with the stdio it was
@@ -69,6 +73,8 @@ fn wait_measured(pid: libc::pid_t) -> (i32, i64, Duration) {
 /// Why a launcher: Linux folds the RSS high-water mark of the process image an `exec` replaces
 /// into `ru_maxrss`, so a child forked from this benchmark (which holds the whole estate) would
 /// report the benchmark's own RSS. Forked from this small launcher instead, it reports its own.
+// The child is reaped by `wait_measured` (wait4), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn launcher(args: &[String]) -> i32 {
     let (Some(report), Some(program)) = (args.first(), args.get(2)) else {
         return 2;
@@ -83,6 +89,8 @@ fn launcher(args: &[String]) -> i32 {
 
 /// Runs the binary with a scrubbed environment, through the launcher; wall time, exit code and
 /// peak RSS.
+// The launcher is reaped by `wait_measured` (wait4), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run(args: &[String], stdout: Stdio) -> Child {
     let dir = tempfile::tempdir().expect("temp dir");
     let report = dir.path().join("rusage");
@@ -143,7 +151,11 @@ fn run(args: &[String], stdout: Stdio) -> Child {
     let err = drain.join().unwrap_or_default();
     if let Ok(f) = std::env::var("CVM_BENCH_STDERR") {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(f) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f)
+        {
             let _ = writeln!(f, "==== {}\n{err}", args.join(" "));
         }
     }
@@ -330,8 +342,8 @@ fn live(vms: usize, subs: usize) -> LiveRow {
         ),
         _ => Default::default(),
     };
-    let floor = (latency * chain as u32)
-        .max(latency * requests as u32 / DEFAULT_CONCURRENCY as u32);
+    let floor =
+        (latency * chain as u32).max(latency * requests as u32 / DEFAULT_CONCURRENCY as u32);
     LiveRow {
         vms,
         subs,

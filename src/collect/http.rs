@@ -1061,6 +1061,49 @@ mod tests {
         assert!(slow.acquire(&u, deadline, Rank::New).await.is_none());
     }
 
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_most_urgent_waiter_then_the_oldest() {
+        let slots = Slots::new(1);
+        let held = slots.acquire(Rank::New).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for (name, rank) in [
+            ("new-1", Rank::New),
+            ("next-page", Rank::Continues),
+            ("new-2", Rank::New),
+            ("vault-list", Rank::Unlocks),
+        ] {
+            let (slots, order) = (slots.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let _p = slots.acquire(rank).await.unwrap();
+                order.lock().unwrap().push(name);
+            }));
+            // Each waiter queues before the next one is spawned.
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            vec!["vault-list", "next-page", "new-1", "new-2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_does_not_keep_its_slot() {
+        let slots = Slots::new(1);
+        let held = slots.acquire(Rank::New).await.unwrap();
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(10), slots.acquire(Rank::Unlocks)).await;
+        assert!(gave_up.is_err());
+        drop(held);
+        // The slot went past the waiter that left and is free again.
+        let again = tokio::time::timeout(Duration::from_secs(5), slots.acquire(Rank::New)).await;
+        assert!(matches!(again, Ok(Some(_))));
+    }
+
     #[test]
     fn redactor_scrubs_every_known_secret() {
         let r = Redactor::default();

@@ -94,19 +94,20 @@ pub async fn collect(opts: &CollectOptions) -> Result<Snapshot<api::Item>, Colle
         }
     }
     for mg in &opts.management_groups {
-        if mg.trim().is_empty() || mg.contains(['/', '\'', '"']) || mg.chars().any(char::is_whitespace)
+        if mg.trim().is_empty()
+            || mg.contains(['/', '\'', '"'])
+            || mg.chars().any(char::is_whitespace)
         {
             return Err(CollectError::Usage(format!(
                 "--management-group {mg:?} is not a management group id (expected a name such as mg-prod or a GUID)"
             )));
         }
     }
-    if !opts.management_groups.is_empty() {
-        if opts.source != Source::ResourceGraph {
-            return Err(CollectError::Usage(
-                "--management-group reads Azure Resource Graph; it cannot be combined with --source arm".into(),
-            ));
-        }
+    if !opts.management_groups.is_empty() && opts.source != Source::ResourceGraph {
+        return Err(CollectError::Usage(
+            "--management-group reads Azure Resource Graph; it cannot be combined with --source arm"
+                .into(),
+        ));
     }
     if opts
         .access_token

@@ -29,8 +29,7 @@ use tracing::debug;
 use url::Url;
 
 use super::api::{
-    into_single_read, Audience, AzureApi, Failure, FailureKind, GetOutcome, Item, ListOutcome,
-    Read,
+    into_single_read, Audience, AzureApi, Failure, FailureKind, GetOutcome, Item, ListOutcome, Read,
 };
 use super::credential::LOGIN_HELP;
 use super::progress::Progress;
@@ -482,7 +481,6 @@ fn key_stores_of(
     (kv_out, hsm_out)
 }
 
-
 // ---- the run -------------------------------------------------------------------------------
 
 /// What ARM answered so far, to tell "nothing could be read" apart from "some reads failed".
@@ -827,15 +825,13 @@ impl Plan<'_> {
             }
             // Graph's "no such service principal": an answer, not an error. A 404 without a
             // Graph error body (a wrong --graph-endpoint) stays an error.
-            Err(f) if f.kind == FailureKind::Http(404) && f.record.code.is_some() => {
-                (
-                    SingleRead {
-                        not_found: true,
-                        ..Default::default()
-                    },
-                    None,
-                )
-            }
+            Err(f) if f.kind == FailureKind::Http(404) && f.record.code.is_some() => (
+                SingleRead {
+                    not_found: true,
+                    ..Default::default()
+                },
+                None,
+            ),
             Err(f) => (failed_single(f.record), None),
         }
     }
@@ -906,7 +902,11 @@ impl Plan<'_> {
     /// One resource type over a batch of subscriptions (or over the management groups), from
     /// Resource Graph, split back into per-subscription lists. A failed query is an error on the
     /// list of every subscription of the batch, with the rows read before it.
-    async fn graph_lists(&self, kind: Kind, batch: Vec<(usize, String)>) -> Vec<(usize, ListOutcome)> {
+    async fn graph_lists(
+        &self,
+        kind: Kind,
+        batch: Vec<(usize, String)>,
+    ) -> Vec<(usize, ListOutcome)> {
         let ids: Vec<String> = batch.iter().map(|(_, id)| id.clone()).collect();
         let scope = if self.cfg.management_groups.is_empty() {
             Scope::Subscriptions(&ids)
@@ -961,7 +961,11 @@ impl Plan<'_> {
 
     /// The role assignments of one RBAC Key Vault, for the Backup Management Service only when
     /// its object id is known.
-    async fn role_assignments(&self, id: String, principal: Option<String>) -> (String, ListOutcome) {
+    async fn role_assignments(
+        &self,
+        id: String,
+        principal: Option<String>,
+    ) -> (String, ListOutcome) {
         let filter = principal
             .filter(|p| guid_like(p))
             .map(|p| format!("principalId eq '{p}'"));
@@ -999,14 +1003,19 @@ impl Plan<'_> {
         }
         let url = self.arm(&rid, &[("api-version", API_AUTHORIZATION)]);
         let o = self
-            .get(read(url, Audience::Arm, rid.clone(), "read role definition"))
+            .get(read(
+                url,
+                Audience::Arm,
+                rid.clone(),
+                "read role definition",
+            ))
             .await;
         (rid, into_single_read(o))
     }
 
     /// Local RBAC of one Managed HSM, from its data plane. `Err` when its `hsmUri` may not be
     /// contacted.
-    async fn hsm(&self, t: HsmTarget) -> Result<(String, HsmRbac<Item>), ErrorRecord> {
+    async fn hsm(&self, t: HsmTarget) -> HsmRead {
         let Some(raw) = t.hsm_uri.as_deref() else {
             return Err(ErrorRecord {
                 scope: t.id.clone(),
@@ -1063,8 +1072,11 @@ enum Event {
     Vault(String, VaultChildren<Item>),
     RoleAssignments(String, ListOutcome),
     RoleDefinition(String, SingleRead<Item>),
-    Hsm(usize, Result<(String, HsmRbac<Item>), ErrorRecord>),
+    Hsm(usize, HsmRead),
 }
+
+/// A Managed HSM's local RBAC, or why its data plane was not contacted.
+type HsmRead = Result<(String, HsmRbac<Item>), ErrorRecord>;
 
 /// What has been read of one subscription.
 struct SubState {
@@ -1082,7 +1094,11 @@ fn key_stores_in(subs: &[SubState], named: &HashSet<String>) -> (Vec<String>, Ve
             .flat_map(|o| o.items.iter().map(|i| value_of(i)))
             .collect()
     };
-    let (des, kvs, hsms) = (values(Kind::Des), values(Kind::KeyVaults), values(Kind::Hsms));
+    let (des, kvs, hsms) = (
+        values(Kind::Des),
+        values(Kind::KeyVaults),
+        values(Kind::Hsms),
+    );
     key_stores_of(
         &des.iter().collect::<Vec<_>>(),
         &kvs.iter().collect::<Vec<_>>(),
@@ -1096,7 +1112,10 @@ fn named_des(subs: &[SubState]) -> HashSet<String> {
     let mut named = HashSet::new();
     for s in subs {
         for (kind, name_of) in [
-            (Kind::Vms, des_named_by_vm as fn(&RawValue) -> Option<String>),
+            (
+                Kind::Vms,
+                des_named_by_vm as fn(&RawValue) -> Option<String>,
+            ),
             (Kind::Disks, des_named_by_disk),
         ] {
             if let Some(o) = &s.lists[kind.index()] {
@@ -1316,7 +1335,7 @@ pub async fn run(
     let mut vaults: BTreeMap<String, VaultChildren<Item>> = BTreeMap::new();
     let mut kv_ra: BTreeMap<String, ListRead<Item>> = BTreeMap::new();
     let mut role_defs: BTreeMap<String, SingleRead<Item>> = BTreeMap::new();
-    let mut hsms: Vec<(usize, Result<(String, HsmRbac<Item>), ErrorRecord>)> = Vec::new();
+    let mut hsms: Vec<(usize, HsmRead)> = Vec::new();
     let mut hsm_count = 0usize;
 
     while let Some(event) = tasks.next().await {
@@ -1672,5 +1691,125 @@ mod tests {
             hsms[0].hsm_uri.as_deref(),
             Some("https://hsm1.managedhsm.azure.net/")
         );
+    }
+
+    /// An API whose VM list answers only once a vault's own reads have started: a plan that
+    /// waited for every list before reading vaults would never finish.
+    struct VaultsFirst {
+        vault_read: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl AzureApi for VaultsFirst {
+        async fn get(&self, r: &Read) -> GetOutcome {
+            if r.url.path().ends_with("/vaultstorageconfig") {
+                self.vault_read.notify_one();
+            }
+            Ok(item_of(&json!({"properties": {"state": "Registered"}})))
+        }
+        async fn list(&self, r: &Read) -> ListOutcome {
+            let path = r.url.path().to_ascii_lowercase();
+            let items = if path.ends_with("/microsoft.recoveryservices/vaults") {
+                vec![item_of(&json!({
+                    "id": "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v1",
+                    "location": "uaenorth"
+                }))]
+            } else {
+                if path.ends_with("/microsoft.compute/virtualmachines") {
+                    let waited = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        self.vault_read.notified(),
+                    )
+                    .await;
+                    assert!(waited.is_ok(), "the vault's reads waited for the VM list");
+                }
+                Vec::new()
+            };
+            ListOutcome {
+                items,
+                pages: 1,
+                error: None,
+            }
+        }
+        async fn post(&self, r: &Read, _body: bytes::Bytes) -> crate::collect::api::PostOutcome {
+            Err(Failure {
+                kind: FailureKind::Http(400),
+                record: ErrorRecord {
+                    scope: r.scope.clone(),
+                    operation: r.operation.clone(),
+                    status: Some(400),
+                    code: None,
+                    message: "no Resource Graph here".into(),
+                },
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vaults_reads_start_without_waiting_for_the_other_lists() {
+        let api = VaultsFirst {
+            vault_read: tokio::sync::Notify::new(),
+        };
+        let snap = run(&api, &cfg(&["s1"]), &Progress::hidden()).await.unwrap();
+        let s = &snap.subscriptions[0];
+        assert!(s.error.is_none());
+        assert!(s.virtual_machines.as_ref().unwrap().error.is_none());
+        assert_eq!(snap.vaults.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn resource_graph_rows_go_back_to_their_subscriptions() {
+        struct Rows;
+        #[async_trait::async_trait]
+        impl AzureApi for Rows {
+            async fn get(&self, _r: &Read) -> GetOutcome {
+                Ok(item_of(&json!({"properties": {"state": "Registered"}})))
+            }
+            async fn list(&self, _r: &Read) -> ListOutcome {
+                panic!("an inventory list was read from ARM");
+            }
+            async fn post(
+                &self,
+                _r: &Read,
+                body: bytes::Bytes,
+            ) -> crate::collect::api::PostOutcome {
+                let b: Value = serde_json::from_slice(&body).unwrap();
+                let q = b["query"].as_str().unwrap();
+                let data = if q.contains("'microsoft.compute/virtualmachines'") {
+                    json!([
+                        {"id": "/subscriptions/S1/x/vm1", "subscriptionId": "S1"},
+                        {"id": "/subscriptions/s2/x/vm2", "subscriptionId": "s2"},
+                        {"id": "/subscriptions/s9/x/vm9", "subscriptionId": "s9"},
+                        {"id": "/subscriptions/s1/x/vm3", "subscriptionId": "s1"}
+                    ])
+                } else {
+                    json!([])
+                };
+                Ok(crate::collect::api::Posted {
+                    body: bytes::Bytes::from(json!({"data": data}).to_string()),
+                    headers: Vec::new(),
+                })
+            }
+        }
+        let mut c = cfg(&["s1", "s2"]);
+        c.source = Source::ResourceGraph;
+        let snap = run(&Rows, &c, &Progress::hidden()).await.unwrap();
+        assert_eq!(snap.source.as_deref(), Some("resource-graph"));
+        let names = |i: usize| -> Vec<String> {
+            snap.subscriptions[i]
+                .virtual_machines
+                .as_ref()
+                .unwrap()
+                .items()
+                .iter()
+                .map(|v| value_of(v)["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // Case-insensitive subscription ids; a row of a subscription not in scope is dropped.
+        assert_eq!(
+            names(0),
+            vec!["/subscriptions/S1/x/vm1", "/subscriptions/s1/x/vm3"]
+        );
+        assert_eq!(names(1), vec!["/subscriptions/s2/x/vm2"]);
     }
 }

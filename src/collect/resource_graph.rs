@@ -14,6 +14,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -34,7 +36,8 @@ const MAX_PAGES: usize = 10_000;
 
 /// Every field the estate reads (ids, name, location, `properties.*`, `managedBy`), plus the
 /// subscription the row belongs to.
-pub const COLUMNS: &str = "id, name, type, location, subscriptionId, resourceGroup, managedBy, properties";
+pub const COLUMNS: &str =
+    "id, name, type, location, subscriptionId, resourceGroup, managedBy, properties";
 
 /// The query for one resource type (ARM type, any case: Resource Graph's are lower-case).
 pub fn resources_query(arm_type: &str) -> String {
@@ -81,6 +84,10 @@ pub fn parse_resets_after(s: &str) -> Option<Duration> {
     Some(Duration::from_secs(h * 3600 + m * 60) + Duration::from_secs_f64(sec))
 }
 
+/// Queries in flight before any answer has reported the quota: Resource Graph's documented
+/// default is 15 per 5-second window.
+pub const ASSUMED_QUOTA: u64 = 15;
+
 #[derive(Debug, Default)]
 struct GateState {
     /// Queries left in the window, as last reported.
@@ -91,16 +98,24 @@ struct GateState {
     in_flight: u64,
 }
 
-/// Resource Graph's per-user quota, as its answers report it.
+/// Resource Graph's per-user quota, as its answers report it: no more queries in flight than
+/// are left in the window, and none while it is spent.
 #[derive(Debug, Default)]
-pub struct QuotaGate(Mutex<GateState>);
+pub struct QuotaGate {
+    state: Mutex<GateState>,
+    answered: Notify,
+}
 
 impl QuotaGate {
     /// Waits until a query may be sent. `false` when the deadline comes first.
     pub async fn enter(&self, deadline: Instant) -> bool {
         loop {
-            let wait = {
-                let Ok(mut st) = self.0.lock() else {
+            // Registered before the state is read, so an answer in between still wakes us.
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            let (wake_at, nothing_in_flight) = {
+                let Ok(mut st) = self.state.lock() else {
                     return true;
                 };
                 let now = Instant::now();
@@ -108,55 +123,65 @@ impl QuotaGate {
                     st.remaining = None;
                     st.resets_at = None;
                 }
-                match st.remaining {
-                    Some(r) if r <= st.in_flight => Some(
-                        st.resets_at
-                            .map(|t| t.saturating_duration_since(now))
-                            // Nothing in flight will report back and no reset was given: wait
-                            // a second, then try (a 429 would say how long to wait).
-                            .unwrap_or(Duration::from_secs(1)),
-                    ),
-                    _ => {
-                        st.in_flight += 1;
-                        None
-                    }
+                if st.in_flight < st.remaining.unwrap_or(ASSUMED_QUOTA) {
+                    st.in_flight += 1;
+                    return true;
                 }
+                // Nothing in flight will report back and no reset was given: try again in a
+                // second (a 429 would say how long to wait).
+                let reset = st.resets_at.unwrap_or(now + Duration::from_secs(1));
+                (reset, st.in_flight == 0)
             };
-            match wait {
-                None => return true,
-                Some(w) => {
-                    if Instant::now() + w >= deadline {
-                        return false;
-                    }
-                    debug!(
-                        "Resource Graph quota spent; waiting {} ms for the window to reset",
-                        w.as_millis()
-                    );
-                    tokio::time::sleep(w.max(Duration::from_millis(1))).await;
-                }
+            if nothing_in_flight && wake_at >= deadline {
+                return false;
+            }
+            debug!(
+                "Resource Graph quota spent; waiting up to {} ms",
+                wake_at
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+            );
+            let until = tokio::time::Instant::from_std(wake_at.min(deadline));
+            tokio::select! {
+                _ = &mut answered => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            if Instant::now() >= deadline {
+                return false;
             }
         }
     }
 
-    /// A query was answered: what it says about the quota.
+    /// A query was answered (`None`: it failed without an answer): what it says about the
+    /// quota.
     pub fn leave(&self, answer: Option<&Posted>) {
-        let Ok(mut st) = self.0.lock() else {
-            return;
-        };
-        st.in_flight = st.in_flight.saturating_sub(1);
-        let Some(p) = answer else {
-            return;
-        };
-        let remaining = p
-            .header("x-ms-user-quota-remaining")
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let resets = p
-            .header("x-ms-user-quota-resets-after")
-            .and_then(parse_resets_after);
-        if let Some(r) = remaining {
-            st.remaining = Some(r);
-            st.resets_at = Some(Instant::now() + resets.unwrap_or(Duration::from_secs(1)));
+        if let Ok(mut st) = self.state.lock() {
+            st.in_flight = st.in_flight.saturating_sub(1);
+            let remaining = answer
+                .and_then(|p| p.header("x-ms-user-quota-remaining"))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if let Some(r) = remaining {
+                let now = Instant::now();
+                let resets = answer
+                    .and_then(|p| p.header("x-ms-user-quota-resets-after"))
+                    .and_then(parse_resets_after)
+                    .unwrap_or(Duration::from_secs(1));
+                let reset = now + resets;
+                match (st.remaining, st.resets_at) {
+                    // The same window (reset times are rounded to seconds): answers may arrive
+                    // out of order, so the lowest count is the true one.
+                    (Some(cur), Some(t)) if t > now && reset <= t + Duration::from_secs(1) => {
+                        st.remaining = Some(cur.min(r));
+                        st.resets_at = Some(t.max(reset));
+                    }
+                    _ => {
+                        st.remaining = Some(r);
+                        st.resets_at = Some(reset);
+                    }
+                }
+            }
         }
+        self.answered.notify_waiters();
     }
 }
 
@@ -257,9 +282,8 @@ pub async fn query_all(
                 return out;
             }
         };
-        let rows: Option<Vec<&RawValue>> = page
-            .data
-            .and_then(|d| serde_json::from_str(d.get()).ok());
+        let rows: Option<Vec<&RawValue>> =
+            page.data.and_then(|d| serde_json::from_str(d.get()).ok());
         let Some(rows) = rows else {
             out.error = Some(malformed(
                 read,
@@ -359,27 +383,51 @@ mod tests {
         let gate = QuotaGate::default();
         let far = Instant::now() + Duration::from_secs(60);
         let soon = || Instant::now() + Duration::from_millis(200);
-        // Quota unknown: go.
-        assert!(gate.enter(far).await);
+        // Before any answer: at most the documented default in flight.
+        for _ in 0..ASSUMED_QUOTA {
+            assert!(gate.enter(far).await);
+        }
+        assert!(!gate.enter(soon()).await);
+        for _ in 0..ASSUMED_QUOTA {
+            gate.leave(None);
+        }
         // Two left in a 5 s window: two may be in flight, the third waits past `soon`.
+        assert!(gate.enter(far).await);
         gate.leave(Some(&quota("2", "00:00:05")));
         assert!(gate.enter(far).await);
         assert!(gate.enter(far).await);
         assert!(!gate.enter(soon()).await);
-        // None left, the window ends in a second: nothing goes before then.
-        gate.leave(Some(&quota("0", "00:00:01")));
-        gate.leave(None);
+        // An answer of the same window that arrives late cannot raise the count.
+        gate.leave(Some(&quota("5", "00:00:05")));
+        gate.leave(Some(&quota("0", "00:00:05")));
         assert!(!gate.enter(soon()).await);
         // A window that has ended: go.
+        let gate = QuotaGate::default();
+        assert!(gate.enter(far).await);
         gate.leave(Some(&quota("0", "00:00:00")));
         assert!(gate.enter(soon()).await);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_query_goes_when_an_answer_frees_the_quota() {
+        let gate = std::sync::Arc::new(QuotaGate::default());
+        let far = Instant::now() + Duration::from_secs(60);
+        assert!(gate.enter(far).await);
+        gate.leave(Some(&quota("1", "00:01:00")));
+        assert!(gate.enter(far).await);
+        // One left and one in flight: the next waits until that one's answer reports.
+        let g = gate.clone();
+        let waiter = tokio::spawn(async move { g.enter(far).await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        gate.leave(Some(&quota("1", "00:01:00")));
+        assert!(waiter.await.unwrap());
     }
 
     #[test]
     fn rows_name_their_subscription() {
         let r: Box<RawValue> =
-            serde_json::from_str(r#"{"id":"/x","subscriptionId":"AbC","properties":{}}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"id":"/x","subscriptionId":"AbC","properties":{}}"#).unwrap();
         assert_eq!(row_subscription(&r).as_deref(), Some("abc"));
         let r: Box<RawValue> = serde_json::from_str(r#"{"id":"/x"}"#).unwrap();
         assert_eq!(row_subscription(&r), None);

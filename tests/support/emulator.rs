@@ -178,6 +178,8 @@ pub struct Config {
     pub arm_bucket: Option<(f64, f64)>,
     /// Resource Graph's per-user quota: this many queries per window. Past it: 429.
     pub arg_quota: Option<(u32, Duration)>,
+    /// Resource Graph rows per page at most, whatever `$top` asks (to exercise `$skipToken`).
+    pub arg_page_size: usize,
 }
 
 impl Default for Config {
@@ -188,6 +190,7 @@ impl Default for Config {
             latency: Duration::ZERO,
             arm_bucket: None,
             arg_quota: None,
+            arg_page_size: 1000,
         }
     }
 }
@@ -201,6 +204,7 @@ impl Config {
             latency: Duration::from_millis(20),
             arm_bucket: Some((250.0, 25.0)),
             arg_quota: None,
+            arg_page_size: 1000,
         }
     }
 }
@@ -522,10 +526,9 @@ pub fn parse_query(q: &str) -> Result<ParsedQuery, String> {
                 return Err(format!("unquoted type in {p:?}"));
             }
             type_filter = Some(v[1..v.len() - 1].to_string());
-        } else if p.starts_with("project ") {
+        } else if let Some(cols) = p.strip_prefix("project ") {
             columns = Some(
-                p["project ".len()..]
-                    .split(',')
+                cols.split(',')
                     .map(|c| c.trim().to_string())
                     .filter(|c| !c.is_empty())
                     .collect::<Vec<_>>(),
@@ -741,6 +744,7 @@ impl Served {
     /// `POST /providers/Microsoft.ResourceGraph/resources`.
     fn resource_graph(
         &self,
+        config: &Config,
         query: &str,
         body: &str,
         management_groups: &HashMap<String, Vec<String>>,
@@ -770,6 +774,7 @@ impl Served {
             .and_then(Value::as_u64)
             .unwrap_or(100)
             .clamp(1, 1000) as usize;
+        let top = top.min(config.arg_page_size.max(1));
         let offset = match opts.get("$skipToken").and_then(Value::as_str) {
             None => 0,
             Some(t) => match t.strip_prefix("emu:").and_then(|n| n.parse::<usize>().ok()) {
@@ -1095,7 +1100,7 @@ async fn handle(
                     false,
                 )
             } else {
-                served.resource_graph(&query, &body, &mgs)
+                served.resource_graph(&config, &query, &body, &mgs)
             }
         }
         (None, None) => served.route(&config, port, &path, &query, next_base.as_deref()),

@@ -48,6 +48,9 @@ pub struct Spec {
     pub vms: usize,
     pub subscriptions: usize,
     pub seed: u64,
+    /// Recovery Services vaults per subscription: up to 3 (two in its primary region, one in
+    /// its secondary); fewer keeps an estate of many subscriptions cheap to read.
+    pub vaults_per_subscription: usize,
 }
 
 impl Spec {
@@ -56,6 +59,7 @@ impl Spec {
             vms,
             subscriptions: subscriptions.max(1),
             seed: 0x5ca1_ab1e,
+            vaults_per_subscription: 3,
         }
     }
 }
@@ -406,7 +410,10 @@ pub fn estate(spec: &Spec) -> Snapshot<Raw> {
         // Recovery Services vaults: two in the primary region, one in the secondary.
         let mut vaults: Vec<(String, &'static str)> = Vec::new();
         let mut vault_items: Vec<Raw> = Vec::new();
-        for (region, k) in [(primary, 1), (primary, 2), (secondary, 1)] {
+        for (region, k) in [(primary, 1), (secondary, 1), (primary, 2)]
+            .into_iter()
+            .take(spec.vaults_per_subscription)
+        {
             let name = format!("rsv-{s:03}-{region}-{k}");
             let id = format!(
                 "{}/providers/Microsoft.RecoveryServices/vaults/{name}",
@@ -678,7 +685,7 @@ pub fn estate(spec: &Spec) -> Snapshot<Raw> {
             }
 
             // Protection: 55%, mostly in a vault of the VM's region.
-            if rng.pct() < 55 {
+            if rng.pct() < 55 && !vaults.is_empty() {
                 let here: Vec<&(String, &'static str)> =
                     vaults.iter().filter(|(_, r)| *r == region).collect();
                 let (vault_id, _) = if rng.pct() < 95 && !here.is_empty() {
