@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cvm_backup::snapshot::{ListRead, Snapshot};
+use cvm_backup::snapshot::{ListRead, Snapshot, SubscriptionSnapshot};
 use emulator::{Config, Emulator};
 use serde_json::Value;
 use synth::{Raw, Spec};
@@ -179,54 +179,77 @@ fn items(l: &Option<ListRead<Raw>>) -> usize {
     l.as_ref().map(|l| l.items().len()).unwrap_or(0)
 }
 
-/// The longest chain of requests that depend on each other, by the data: the subscription
-/// list; then each subscription's lists page by page; a vault's children after its vault list;
-/// Key Vault role assignments (then the role definitions they name) and Managed HSM RBAC after
-/// the lists that say which key stores sit behind a confidential DES (VMs, DESs, Key Vaults,
-/// HSMs) and the Graph lookup of the principal.
-fn longest_chain(snap: &Snapshot<Raw>, page: usize) -> usize {
+/// Where the live run reads its inventory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Arm,
+    ResourceGraph,
+}
+
+impl Source {
+    fn flag(self) -> &'static str {
+        match self {
+            Source::Arm => "arm",
+            Source::ResourceGraph => "resource-graph",
+        }
+    }
+}
+
+/// The longest chain of requests that depend on each other, by the data (a lower bound, whatever
+/// the order the tool chooses): the subscription list; then each inventory list page by page (with
+/// Resource Graph: each query over a batch of up to 300 subscriptions, 1000 rows a page); a
+/// vault's children after its vault list; Key Vault role assignments (then the role definitions
+/// they name) and Managed HSM RBAC after the DES, Key Vault and HSM lists that say which key
+/// stores sit behind a confidential DES.
+fn longest_chain(snap: &Snapshot<Raw>, page: usize, source: Source) -> usize {
+    type Pick = fn(&SubscriptionSnapshot<Raw>) -> &Option<ListRead<Raw>>;
+    let kinds: [Pick; 7] = [
+        |s| &s.virtual_machines,
+        |s| &s.disks,
+        |s| &s.snapshots,
+        |s| &s.disk_encryption_sets,
+        |s| &s.recovery_services_vaults,
+        |s| &s.key_vaults,
+        |s| &s.managed_hsms,
+    ];
+    // The longest run of pages one kind of list takes.
+    let list_pages = |pick: Pick| -> usize {
+        match source {
+            Source::Arm => snap
+                .subscriptions
+                .iter()
+                .map(|s| pages(items(pick(s)), page))
+                .max()
+                .unwrap_or(1),
+            Source::ResourceGraph => snap
+                .subscriptions
+                .chunks(300)
+                .map(|b| pages(b.iter().map(|s| items(pick(s))).sum(), 1000))
+                .max()
+                .unwrap_or(1),
+        }
+    };
     let subs_list = pages(snap.subscriptions.len(), page);
-    let mut lists = 0;
-    let mut keys_known = 0;
+    let lists = kinds.iter().map(|k| list_pages(*k)).max().unwrap_or(1);
+    // A vault's children: after the first page that lists it.
     let mut vault_chain = 0;
     for s in &snap.subscriptions {
-        let p = |l: &Option<ListRead<Raw>>| pages(items(l), page);
-        let own = [
-            p(&s.virtual_machines),
-            p(&s.disks),
-            p(&s.snapshots),
-            p(&s.disk_encryption_sets),
-            p(&s.recovery_services_vaults),
-            p(&s.key_vaults),
-            p(&s.managed_hsms),
-            1, // the feature
-        ];
-        lists = lists.max(own.into_iter().max().unwrap_or(1));
-        keys_known = keys_known.max(
-            [
-                p(&s.virtual_machines),
-                p(&s.disk_encryption_sets),
-                p(&s.key_vaults),
-                p(&s.managed_hsms),
-            ]
-            .into_iter()
-            .max()
-            .unwrap_or(1),
-        );
-        let vault_list = p(&s.recovery_services_vaults);
+        let before = match source {
+            Source::Arm => pages(items(&s.recovery_services_vaults), page),
+            Source::ResourceGraph => 1,
+        };
         if let Some(l) = &s.recovery_services_vaults {
             for v in l.items() {
-                let id: Value = serde_json::from_str(v.get()).unwrap_or(Value::Null);
-                let id = id["id"].as_str().unwrap_or_default().to_string();
-                if let Some(ch) = snap.vaults.get(&id) {
+                let v: Value = serde_json::from_str(v.get()).unwrap_or(Value::Null);
+                if let Some(ch) = snap.vaults.get(v["id"].as_str().unwrap_or_default()) {
                     let children = pages(items(&ch.policies), page)
                         .max(pages(items(&ch.protected_items), page));
-                    vault_chain = vault_chain.max(vault_list + children);
+                    vault_chain = vault_chain.max(before + children);
                 }
             }
         }
     }
-    let keys = (subs_list + keys_known).max(1);
+    let keys_known = subs_list + kinds[3..].iter().map(|k| list_pages(*k)).max().unwrap_or(1);
     let kv = snap
         .key_vault_role_assignments
         .values()
@@ -243,8 +266,21 @@ fn longest_chain(snap: &Snapshot<Raw>, page: usize) -> usize {
         .unwrap_or(0);
     (subs_list + lists)
         .max(subs_list + vault_chain)
-        .max(keys + kv)
-        .max(keys + hsm)
+        .max(keys_known + kv)
+        .max(keys_known + hsm)
+}
+
+/// Resource Graph's quota in the emulator: the documented example, 15 queries per 5-second
+/// window, unless CVM_BENCH_ARG_QUOTA says "QUERIES/SECONDS" or "none".
+fn arg_quota() -> Option<(u32, Duration)> {
+    match std::env::var("CVM_BENCH_ARG_QUOTA") {
+        Ok(v) if v == "none" || v == "0" => None,
+        Ok(v) => {
+            let (q, s) = v.split_once('/')?;
+            Some((q.parse().ok()?, Duration::from_secs(s.parse().ok()?)))
+        }
+        Err(_) => Some((15, Duration::from_secs(5))),
+    }
 }
 
 fn mib(kib: i64) -> f64 {
@@ -252,6 +288,7 @@ fn mib(kib: i64) -> f64 {
 }
 
 struct LiveRow {
+    source: Source,
     vms: usize,
     subs: usize,
     requests: usize,
@@ -268,7 +305,7 @@ struct LiveRow {
     phases: (Duration, Duration, Duration),
 }
 
-fn live(vms: usize, subs: usize) -> LiveRow {
+fn live(vms: usize, subs: usize, source: Source) -> LiveRow {
     let snap = synth::estate(&Spec::new(vms, subs));
     let mut config = Config::azure_like();
     // CVM_BENCH_LATENCY_MS overrides the 20 ms per answer (0: what the reads cost by themselves).
@@ -280,7 +317,10 @@ fn live(vms: usize, subs: usize) -> LiveRow {
     }
     let latency = config.latency;
     let page = config.page_size;
-    let chain = longest_chain(&snap, page);
+    if source == Source::ResourceGraph {
+        config.arg_quota = arg_quota();
+    }
+    let chain = longest_chain(&snap, page, source);
     let emu = Emulator::from_snapshot(&snap, config);
     drop(snap);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -295,6 +335,8 @@ fn live(vms: usize, subs: usize) -> LiveRow {
         TOKEN,
         "--no-config",
         "--no-progress",
+        "--source",
+        source.flag(),
         "--format",
         "json",
         "--output",
@@ -345,13 +387,14 @@ fn live(vms: usize, subs: usize) -> LiveRow {
     let floor =
         (latency * chain as u32).max(latency * requests as u32 / DEFAULT_CONCURRENCY as u32);
     LiveRow {
+        source,
         vms,
         subs,
         requests,
         wall: child.wall,
         chain,
         floor,
-        throttled: emu.throttled(),
+        throttled: emu.throttled() + emu.arg_throttled(),
         complete,
         rss_kib: child.max_rss_kib,
         cpu: child.cpu,
@@ -434,18 +477,27 @@ fn main() {
         .max(1);
     // (VMs, subscriptions): 10k over 10 subscriptions is the target case — a large tenant's
     // production subscriptions hold about a thousand VMs each.
-    let mut cases = vec![(1_000, 10), (10_000, 10)];
+    let arm = Source::Arm;
+    let mut cases = vec![(1_000, 10, arm), (10_000, 10, arm)];
     if !quick {
-        cases.push((10_000, 100));
-        cases.push((50_000, 200));
+        cases.push((10_000, 100, arm));
+        cases.push((50_000, 200, arm));
+        cases.push((10_000, 10, Source::ResourceGraph));
+        cases.push((50_000, 200, Source::ResourceGraph));
     }
-    // CVM_BENCH_CASES="10000x10,50000x200" picks the live cases; "" runs none.
+    // CVM_BENCH_CASES="10000x10,50000x200,10000x10rg" picks the live cases ("rg": Resource
+    // Graph); "" runs none.
     if let Ok(list) = std::env::var("CVM_BENCH_CASES") {
         cases = list
             .split(',')
             .filter_map(|c| {
-                let (v, s) = c.trim().split_once('x')?;
-                Some((v.parse().ok()?, s.parse().ok()?))
+                let c = c.trim();
+                let (c, source) = match c.strip_suffix("rg") {
+                    Some(c) => (c, Source::ResourceGraph),
+                    None => (c, arm),
+                };
+                let (v, s) = c.split_once('x')?;
+                Some((v.parse().ok()?, s.parse().ok()?, source))
             })
             .collect();
     }
@@ -456,18 +508,23 @@ fn main() {
     println!("machine: {}", machine());
     println!("binary: {BIN}");
     println!(
-        "emulator: 20 ms per answer, pages of 100, ARM read bucket 250 burst / 25 per s per subscription; default --concurrency {DEFAULT_CONCURRENCY}"
+        "emulator: 20 ms per answer, pages of 100, ARM read bucket 250 burst / 25 per s per subscription; Resource Graph: 1000 rows a page, quota {}; default --concurrency {DEFAULT_CONCURRENCY}",
+        match arg_quota() {
+            Some((q, w)) => format!("{q} queries per {} s", w.as_secs()),
+            None => "none".into(),
+        }
     );
     println!();
     println!("## Live (`check --format json` against the emulator)");
     println!();
-    println!("| VMs | subscriptions | requests | requests/VM | wall | longest chain | floor | wall/floor | 429s | complete | peak RSS | CPU | start-up / reads / evaluate+render | max in flight |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|");
-    for &(vms, subs) in &cases {
+    println!("| source | VMs | subscriptions | requests | requests/VM | wall | longest chain | floor | wall/floor | reads/floor | 429s | complete | peak RSS | CPU | start-up / reads / evaluate+render | max in flight |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|");
+    for &(vms, subs, source) in &cases {
         for _ in 0..runs {
-            let r = live(vms, subs);
+            let r = live(vms, subs, source);
             println!(
-                "| {} | {} | {} | {:.4} | {:.0} ms | {} | {:.0} ms | {:.2} | {} | {} | {:.0} MiB | {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} |",
+                "| {} | {} | {} | {} | {:.4} | {:.0} ms | {} | {:.0} ms | {:.2} | {:.2} | {} | {} | {:.0} MiB | {:.0} ms | {:.0} / {:.0} / {:.0} ms | {} |",
+                r.source.flag(),
                 r.vms,
                 r.subs,
                 r.requests,
@@ -476,6 +533,7 @@ fn main() {
                 r.chain,
                 r.floor.as_secs_f64() * 1000.0,
                 r.wall.as_secs_f64() / r.floor.as_secs_f64(),
+                r.phases.1.as_secs_f64() / r.floor.as_secs_f64(),
                 r.throttled,
                 r.complete,
                 mib(r.rss_kib),

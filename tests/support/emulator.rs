@@ -825,8 +825,9 @@ impl Served {
             }
             _ => return bad_request("give either `subscriptions` or `managementGroups`"),
         }
-        // Every row of the query, in scope order.
-        let mut rows: Vec<Value> = Vec::new();
+        // The rows of the query in scope order, as items (only the page's rows are projected).
+        let mut items: Vec<Map<String, Value>> = Vec::new();
+        let mut source: Vec<&RawValue> = Vec::new();
         match (parsed.table.as_str(), lc(&parsed.type_filter).as_str()) {
             ("resourcecontainers", "microsoft.resources/subscriptions") => {
                 for s in &scope {
@@ -843,7 +844,7 @@ impl Served {
                         "properties": {"state": "Enabled"},
                     });
                     if let Value::Object(m) = item {
-                        rows.push(project(&m, &parsed.columns));
+                        items.push(m);
                     }
                 }
             }
@@ -865,18 +866,29 @@ impl Served {
                             r => r,
                         };
                     }
-                    for it in list.items() {
-                        if let Ok(m) = serde_json::from_str::<Map<String, Value>>(it.get()) {
-                            rows.push(project(&m, &parsed.columns));
-                        }
-                    }
+                    source.extend(list.items().iter().map(|i| &**i));
                 }
             }
             (t, ty) => return bad_request(&format!("no rows of type {ty} in table {t}")),
         }
-        let total = rows.len();
+        let total = items.len() + source.len();
         let end = (offset + top).min(total);
-        let data: Vec<Value> = rows.drain(offset.min(total)..end).collect();
+        let start = offset.min(total);
+        let mut rows: Vec<Value> = Vec::with_capacity(end - start);
+        for i in start..end {
+            let row = match items.get(i) {
+                Some(m) => project(m, &parsed.columns),
+                None => {
+                    match serde_json::from_str::<Map<String, Value>>(source[i - items.len()].get())
+                    {
+                        Ok(m) => project(&m, &parsed.columns),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            rows.push(row);
+        }
+        let data = rows;
         let mut body = json!({
             "totalRecords": total,
             "count": data.len(),
