@@ -222,6 +222,20 @@ fn decide_rbac<'a>(
     }
 }
 
+/// `az` command that prints the Backup Management Service's object id in the tenant.
+fn lookup_principal() -> String {
+    format!("az ad sp show --id {BACKUP_MANAGEMENT_APP_ID} --query id --output tsv")
+}
+
+/// The fix text: what to grant when it failed; when it is unknown, what to read first.
+fn fix_text(outcome: super::Outcome, grant: &str, to_read: &str) -> String {
+    if outcome == super::Outcome::Unknown {
+        format!("cvm-backup could not confirm the grant: {to_read}, or pass --backup-principal-id when Graph was unreadable. If the grant is missing: {grant}")
+    } else {
+        grant.to_string()
+    }
+}
+
 fn absent() -> Finding {
     Finding::fail(
         "the Backup Management Service principal does not exist in this tenant (Microsoft Graph: not found)",
@@ -388,8 +402,13 @@ impl KeyAccess {
             let f = if matches!(f.outcome, super::Outcome::Pass) {
                 f
             } else {
+                let outcome = f.outcome;
                 f.fix(
-                    "Assign the Backup Management Service a role with keys/read and keys/backup/action on the key (Key Vault Crypto User is the smallest built-in role that has both).",
+                    fix_text(
+                        outcome,
+                        "Assign the Backup Management Service a role with keys/read and keys/backup/action on the key (Key Vault Crypto User is the smallest built-in role that has both).",
+                        "the identity running cvm-backup needs Microsoft.Authorization/roleAssignments/read and roleDefinitions/read on the vault (Reader includes both)",
+                    ),
                     vec![format!(
                         "az role assignment create --role {} {} --scope {}",
                         sh("Key Vault Crypto User"),
@@ -467,6 +486,10 @@ impl KeyAccess {
                     Finding::unknown(format!(
                         "an access policy grants get, list and backup, but the Backup Management Service's object id could not be looked up ({reason}); pass --backup-principal-id"
                     ))
+                    .fix(
+                        "Look up the service principal's object id once and pass it with --backup-principal-id (or grant the identity running cvm-backup read access to service principals in Microsoft Graph).",
+                        vec![lookup_principal()],
+                    )
                 } else {
                     Finding::fail(format!(
                         "no access policy on Key Vault {} grants get, list and backup to anyone",
@@ -539,8 +562,13 @@ impl KeyAccess {
         let f = if matches!(f.outcome, super::Outcome::Pass) {
             f
         } else {
+            let outcome = f.outcome;
             f.fix(
-                "Grant the Backup Management Service the local RBAC role \"Managed HSM Crypto User\" on the key or on all keys (\"Managed HSM Crypto Officer\" is not enough).",
+                fix_text(
+                    outcome,
+                    "Grant the Backup Management Service the local RBAC role \"Managed HSM Crypto User\" on the key or on all keys (\"Managed HSM Crypto Officer\" is not enough).",
+                    "the identity running cvm-backup needs a Managed HSM local role that reads role assignments and definitions at / (e.g. Managed HSM Crypto Auditor)",
+                ),
                 vec![format!(
                     "az keyvault role assignment create --hsm-name {} --role {} --assignee {} --scope /keys",
                     sh(&hsm.name),
