@@ -248,32 +248,15 @@ pub fn evaluate(
     let threads = if in_scope.len() < PARALLEL_FROM {
         1
     } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+        crate::par::threads()
     };
-    let chunk = in_scope.len().div_ceil(threads).max(1);
-    let parts: Vec<(Vec<VmReport>, Vec<bool>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = in_scope
-            .chunks(chunk)
-            .map(|part| {
-                let evaluate_vm = &evaluate_vm;
-                s.spawn(move || {
-                    let mut ap = Applier {
-                        policy,
-                        used: vec![false; policy.waivers.len()],
-                    };
-                    let out: Vec<VmReport> =
-                        part.iter().map(|vm| evaluate_vm(&mut ap, vm)).collect();
-                    (out, ap.used)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| match h.join() {
-                Ok(x) => x,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
+    let parts = crate::par::map_chunks(&in_scope, threads, |part| {
+        let mut ap = Applier {
+            policy,
+            used: vec![false; policy.waivers.len()],
+        };
+        let out: Vec<VmReport> = part.iter().map(|vm| evaluate_vm(&mut ap, vm)).collect();
+        (out, ap.used)
     });
     let mut vms = Vec::with_capacity(in_scope.len());
     for (part, used) in parts {

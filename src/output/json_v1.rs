@@ -282,34 +282,19 @@ fn write_with(report: &Report, w: &mut dyn Write, parallel_from: usize) -> std::
     head.extend_from_slice(b"  \"vms\": [\n");
     w.write_all(&head)?;
 
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let threads = crate::par::threads();
     let mut first = true;
     for batch in report.vms.chunks(BATCH) {
-        let per = batch.len().div_ceil(threads).max(1);
-        let rendered: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = batch
-                .chunks(per)
-                .map(|part| {
-                    s.spawn(move || -> std::io::Result<Vec<u8>> {
-                        let mut out = Vec::with_capacity(part.len() * 6 * 1024);
-                        for (i, v) in part.iter().enumerate() {
-                            if i > 0 {
-                                out.extend_from_slice(b",\n");
-                            }
-                            out.extend_from_slice(b"    ");
-                            nested(&vm_v1(v), b"    ", &mut out)?;
-                        }
-                        Ok(out)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| match h.join() {
-                    Ok(x) => x,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                })
-                .collect()
+        let rendered = crate::par::map_chunks(batch, threads, |part| -> std::io::Result<Vec<u8>> {
+            let mut out = Vec::with_capacity(part.len() * 6 * 1024);
+            for (i, v) in part.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b",\n");
+                }
+                out.extend_from_slice(b"    ");
+                nested(&vm_v1(v), b"    ", &mut out)?;
+            }
+            Ok(out)
         });
         for part in rendered {
             if !first {
