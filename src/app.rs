@@ -253,6 +253,15 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
     };
     let eval = engine::evaluate(&estate, &settings, &policy, &scope, now);
     let report = eval.report;
+    if report.vms.is_empty()
+        && !args.out.quiet
+        && (!scope.vms.is_empty() || !scope.resource_groups.is_empty())
+    {
+        diag(
+            "warning",
+            "no VM matched --vm/--resource-group; names are compared case-insensitively, --vm also takes an ARM id",
+        );
+    }
 
     let problems = config::waiver_problems(&policy.waivers, &eval.waiver_used, policy.today);
     if args.strict && !problems.is_empty() {

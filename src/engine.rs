@@ -9,6 +9,9 @@ use crate::estate::{Estate, Vm};
 use crate::report::{verdict, Report, RuleResult, SubscriptionReport, VmReport, WaiverInfo};
 use crate::rules::{self, Cx, Finding, Outcome, RuleMeta, Settings, Severity};
 
+/// From this many VMs on, evaluation uses every core.
+const PARALLEL_FROM: usize = 2048;
+
 /// A rule's settings from the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuleOverride {
@@ -140,8 +143,8 @@ impl Applier<'_> {
             meta,
             severity,
             outcome: f.outcome,
+            evidence: crate::report::evidence_raw(&f),
             message: f.message,
-            evidence: crate::report::evidence_json(&f.evidence),
             remediation: f.remediation,
             waiver: None,
         };
@@ -208,14 +211,13 @@ pub fn evaluate(
         });
     }
 
-    let mut vms = Vec::new();
-    for vm in estate.vms.iter().filter(|v| scope.vm_in(v)) {
+    let in_scope: Vec<&Vm> = estate.vms.iter().filter(|v| scope.vm_in(v)).collect();
+    let evaluate_vm = |ap: &mut Applier, vm: &Vm| -> VmReport {
         let pre = all[0].check_vm(&cx, vm);
         let mut results = Vec::with_capacity(all.len());
-        if pre.outcome != Outcome::Pass {
-            results.push(ap.result(all[0].meta(), pre, &vm.id));
-        } else {
-            results.push(ap.result(all[0].meta(), pre, &vm.id));
+        let applicable = pre.outcome == Outcome::Pass;
+        results.push(ap.result(all[0].meta(), pre, &vm.id));
+        if applicable {
             let cached = sub_findings.get(&vm.subscription_id.to_ascii_lowercase());
             for (i, rule) in all.iter().enumerate().skip(1) {
                 let meta = rule.meta();
@@ -230,7 +232,7 @@ pub fn evaluate(
                 results.push(ap.result(meta, f, &vm.id));
             }
         }
-        vms.push(VmReport {
+        VmReport {
             verdict: verdict(&results),
             id: vm.id.clone(),
             name: vm.name.clone(),
@@ -239,7 +241,29 @@ pub fn evaluate(
             location: vm.location.clone(),
             size: vm.size.clone(),
             results,
-        });
+        }
+    };
+    // Rules are pure, so VMs are evaluated in parallel chunks (each with its own waiver
+    // bookkeeping), then joined in order. Small estates stay on one thread.
+    let threads = if in_scope.len() < PARALLEL_FROM {
+        1
+    } else {
+        crate::par::threads()
+    };
+    let parts = crate::par::map_chunks(&in_scope, threads, |part| {
+        let mut ap = Applier {
+            policy,
+            used: vec![false; policy.waivers.len()],
+        };
+        let out: Vec<VmReport> = part.iter().map(|vm| evaluate_vm(&mut ap, vm)).collect();
+        (out, ap.used)
+    });
+    let mut vms = Vec::with_capacity(in_scope.len());
+    for (part, used) in parts {
+        vms.extend(part);
+        for (u, p) in ap.used.iter_mut().zip(used) {
+            *u |= p;
+        }
     }
     vms.sort_by_cached_key(|v| v.id.to_ascii_lowercase());
 

@@ -53,6 +53,17 @@ impl<T> Listing<T> {
     }
 }
 
+impl SubscriptionData {
+    /// The Recovery Services vaults read in this subscription at a (normalised) location.
+    pub fn vaults_in(&self, location: &str) -> Vec<&RsVault> {
+        self.vaults
+            .items
+            .iter()
+            .filter(|v| v.location == location)
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Vm {
     pub id: String,

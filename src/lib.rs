@@ -11,6 +11,7 @@ pub mod endpoint;
 pub mod engine;
 pub mod estate;
 pub mod output;
+pub mod par;
 pub mod report;
 pub mod rules;
 pub mod ruleset;

@@ -3,7 +3,6 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::Map;
 use time::OffsetDateTime;
 
 use crate::rules::{Outcome, Remediation, RuleMeta, Severity};
@@ -186,8 +185,8 @@ pub fn exit_code(report: &Report, fail_on: FailOn) -> i32 {
 }
 
 /// Evidence as compact JSON text: one allocation per result instead of a map of values.
-pub fn evidence_json(m: &Map<String, serde_json::Value>) -> Box<RawValue> {
-    serde_json::value::to_raw_value(m).unwrap_or_else(|_| empty_evidence())
+pub fn evidence_raw(f: &crate::rules::Finding) -> Box<RawValue> {
+    RawValue::from_string(f.evidence_json()).unwrap_or_else(|_| empty_evidence())
 }
 
 pub fn empty_evidence() -> Box<RawValue> {

@@ -366,6 +366,15 @@ fn scope_flags_narrow_the_report() {
 }
 
 #[test]
+fn a_vm_filter_that_matches_nothing_is_said() {
+    cvm()
+        .args(["check", "--from", &demo(), "--vm", "no-such-vm"])
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains("no VM matched --vm/--resource-group"));
+}
+
+#[test]
 fn output_file_leaves_stdout_empty() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report.json");

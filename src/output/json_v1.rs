@@ -174,8 +174,8 @@ fn subscriptions<S: Serializer>(subs: &&[SubscriptionReport], s: S) -> Result<S:
     }))
 }
 
-fn vms<S: Serializer>(vms: &&[VmReport], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(vms.iter().map(|v| VmV1 {
+fn vm_v1(v: &VmReport) -> VmV1<'_> {
+    VmV1 {
         id: &v.id,
         name: &v.name,
         subscription_id: &v.subscription_id,
@@ -184,7 +184,11 @@ fn vms<S: Serializer>(vms: &&[VmReport], s: S) -> Result<S::Ok, S::Error> {
         size: v.size.as_deref(),
         verdict: v.verdict.as_str(),
         results: &v.results,
-    }))
+    }
+}
+
+fn vms<S: Serializer>(vms: &&[VmReport], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(vms.iter().map(vm_v1))
 }
 
 fn errors<S: Serializer>(es: &&[ErrorRecord], s: S) -> Result<S::Ok, S::Error> {
@@ -228,10 +232,109 @@ fn document(report: &Report) -> CheckV1<'_> {
     }
 }
 
+/// From this many VMs on, the `vms` array is rendered on every core, in batches.
+const PARALLEL_FROM: usize = 4096;
+/// VMs rendered per batch: bounds the memory held by rendered text.
+const BATCH: usize = 4096;
+
 /// Streams the document (pretty-printed, with a final newline) to `w`.
 pub fn write(report: &Report, w: &mut dyn Write) -> std::io::Result<()> {
-    serde_json::to_writer_pretty(&mut *w, &document(report))?;
-    w.write_all(b"\n")
+    write_with(report, w, PARALLEL_FROM)
+}
+
+/// Pretty JSON of `v`, every line after the first indented by `indent` more spaces — exactly
+/// what `to_writer_pretty` writes for `v` nested at that depth (JSON strings hold no raw
+/// newlines, so only structural line breaks are touched).
+fn nested<T: Serialize>(v: &T, indent: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    let text = serde_json::to_vec_pretty(v)?;
+    for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+        if i > 0 {
+            out.push(b'\n');
+            out.extend_from_slice(indent);
+        }
+        out.extend_from_slice(line);
+    }
+    Ok(())
+}
+
+fn write_with(report: &Report, w: &mut dyn Write, parallel_from: usize) -> std::io::Result<()> {
+    let doc = document(report);
+    if report.vms.is_empty() || report.vms.len() < parallel_from {
+        serde_json::to_writer_pretty(&mut *w, &doc)?;
+        return w.write_all(b"\n");
+    }
+    // The same bytes as `to_writer_pretty`, with the `vms` array rendered in parallel batches.
+    let mut head = Vec::new();
+    head.extend_from_slice(b"{\n");
+    let field = |out: &mut Vec<u8>, key: &str, v: &dyn erased::Ser| -> std::io::Result<()> {
+        out.extend_from_slice(format!("  \"{key}\": ").as_bytes());
+        v.nested(b"  ", out)?;
+        out.extend_from_slice(b",\n");
+        Ok(())
+    };
+    field(&mut head, "schema", &doc.schema)?;
+    field(&mut head, "tool", &doc.tool)?;
+    field(&mut head, "ruleset", &doc.ruleset)?;
+    field(&mut head, "generated_at", &doc.generated_at)?;
+    field(&mut head, "complete", &doc.complete)?;
+    field(&mut head, "summary", &doc.summary)?;
+    field(&mut head, "subscriptions", &Subs(doc.subscriptions))?;
+    head.extend_from_slice(b"  \"vms\": [\n");
+    w.write_all(&head)?;
+
+    let threads = crate::par::threads();
+    let mut first = true;
+    for batch in report.vms.chunks(BATCH) {
+        let rendered = crate::par::map_chunks(batch, threads, |part| -> std::io::Result<Vec<u8>> {
+            let mut out = Vec::with_capacity(part.len() * 6 * 1024);
+            for (i, v) in part.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b",\n");
+                }
+                out.extend_from_slice(b"    ");
+                nested(&vm_v1(v), b"    ", &mut out)?;
+            }
+            Ok(out)
+        });
+        for part in rendered {
+            if !first {
+                w.write_all(b",\n")?;
+            }
+            first = false;
+            w.write_all(&part?)?;
+        }
+    }
+    let mut tail = Vec::new();
+    tail.extend_from_slice(b"\n  ],\n  \"errors\": ");
+    nested(&Errs(doc.errors), b"  ", &mut tail)?;
+    tail.extend_from_slice(b"\n}\n");
+    w.write_all(&tail)
+}
+
+struct Subs<'a>(&'a [SubscriptionReport]);
+impl Serialize for Subs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        subscriptions(&self.0, s)
+    }
+}
+
+struct Errs<'a>(&'a [ErrorRecord]);
+impl Serialize for Errs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        errors(&self.0, s)
+    }
+}
+
+/// Object-safe "render nested" for the header fields of different types.
+mod erased {
+    pub trait Ser {
+        fn nested(&self, indent: &[u8], out: &mut Vec<u8>) -> std::io::Result<()>;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn nested(&self, indent: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+            super::nested(self, indent, out)
+        }
+    }
 }
 
 /// The document as a string (small reports, tests).
@@ -240,4 +343,43 @@ pub fn render(report: &Report) -> String {
     // Writing to a Vec cannot fail.
     let _ = write(report, &mut buf);
     String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_rendering_writes_the_same_bytes_as_the_plain_writer() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo.json");
+        let snap = crate::snapshot::Snapshot::load(std::path::Path::new(path)).unwrap();
+        let estate = crate::estate::Estate::from_snapshot(&snap, None);
+        let settings =
+            crate::rules::Settings::from_ruleset(&crate::ruleset::load("2026-01").unwrap());
+        let now = time::macros::datetime!(2026-11-28 20:00 UTC);
+        let policy = crate::engine::Policy::new(now.date());
+        let report = crate::engine::evaluate(
+            &estate,
+            &settings,
+            &policy,
+            &crate::engine::Scope::default(),
+            now,
+        )
+        .report;
+        let mut plain = Vec::new();
+        write_with(&report, &mut plain, usize::MAX).unwrap();
+        let mut parallel = Vec::new();
+        write_with(&report, &mut parallel, 0).unwrap();
+        assert_eq!(
+            String::from_utf8(parallel).unwrap(),
+            String::from_utf8(plain).unwrap()
+        );
+        // And with no VMs at all.
+        let mut empty = report.clone();
+        empty.vms.clear();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        write_with(&empty, &mut a, usize::MAX).unwrap();
+        write_with(&empty, &mut b, 0).unwrap();
+        assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+    }
 }

@@ -222,6 +222,24 @@ fn decide_rbac<'a>(
     }
 }
 
+/// `az` command that prints the Backup Management Service's object id in the tenant.
+fn lookup_principal() -> String {
+    format!("az ad sp show --id {BACKUP_MANAGEMENT_APP_ID} --query id --output tsv")
+}
+
+/// Adds the fix to a finding that did not pass: what to grant when it failed; when it is
+/// unknown, what to read first, then what to grant if it turns out to be missing.
+fn fix_unless_pass(f: Finding, grant: &str, to_read: &str, commands: Vec<String>) -> Finding {
+    match f.outcome {
+        super::Outcome::Pass => f,
+        super::Outcome::Unknown => f.fix(
+            format!("cvm-backup could not confirm the grant: {to_read}, or pass --backup-principal-id when Graph was unreadable. If the grant is missing: {grant}"),
+            commands,
+        ),
+        _ => f.fix(grant, commands),
+    }
+}
+
 fn absent() -> Finding {
     Finding::fail(
         "the Backup Management Service principal does not exist in this tenant (Microsoft Graph: not found)",
@@ -385,19 +403,17 @@ impl KeyAccess {
                 &KV_ACTIONS,
                 &format!("key {} of Key Vault {}", key.key, kv.name),
             );
-            let f = if matches!(f.outcome, super::Outcome::Pass) {
-                f
-            } else {
-                f.fix(
-                    "Assign the Backup Management Service a role with keys/read and keys/backup/action on the key (Key Vault Crypto User is the smallest built-in role that has both).",
-                    vec![format!(
+            let f = fix_unless_pass(
+                f,
+                "Assign the Backup Management Service a role with keys/read and keys/backup/action on the key (Key Vault Crypto User is the smallest built-in role that has both).",
+                "the identity running cvm-backup needs Microsoft.Authorization/roleAssignments/read and roleDefinitions/read on the vault (Reader includes both)",
+                vec![format!(
                         "az role assignment create --role {} {} --scope {}",
                         sh("Key Vault Crypto User"),
                         assignee_args(principal),
                         sh(&key_scope)
                     )],
-                )
-            };
+            );
             f.with("permission_model", "rbac")
                 .with("role_assignments", shown)
         };
@@ -467,6 +483,10 @@ impl KeyAccess {
                     Finding::unknown(format!(
                         "an access policy grants get, list and backup, but the Backup Management Service's object id could not be looked up ({reason}); pass --backup-principal-id"
                     ))
+                    .fix(
+                        "Look up the service principal's object id once and pass it with --backup-principal-id (or grant the identity running cvm-backup read access to service principals in Microsoft Graph).",
+                        vec![lookup_principal()],
+                    )
                 } else {
                     Finding::fail(format!(
                         "no access policy on Key Vault {} grants get, list and backup to anyone",
@@ -536,19 +556,17 @@ impl KeyAccess {
             &HSM_ACTIONS,
             &format!("key {} of Managed HSM {}", key.key, hsm.name),
         );
-        let f = if matches!(f.outcome, super::Outcome::Pass) {
-            f
-        } else {
-            f.fix(
+        let f = fix_unless_pass(
+                f,
                 "Grant the Backup Management Service the local RBAC role \"Managed HSM Crypto User\" on the key or on all keys (\"Managed HSM Crypto Officer\" is not enough).",
+                "the identity running cvm-backup needs a Managed HSM local role that reads role assignments and definitions at / (e.g. Managed HSM Crypto Auditor)",
                 vec![format!(
                     "az keyvault role assignment create --hsm-name {} --role {} --assignee {} --scope /keys",
                     sh(&hsm.name),
                     sh("Managed HSM Crypto User"),
                     sh(&assignee(principal))
                 )],
-            )
-        };
+            );
         base(f).with("role_assignments", shown)
     }
 }

@@ -2,7 +2,6 @@
 //! estate, the settings and one VM, declared once with its metadata. No I/O here.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 
 use crate::estate::{Estate, Vm};
 
@@ -88,7 +87,9 @@ pub struct Remediation {
 pub struct Finding {
     pub outcome: Outcome,
     pub message: String,
-    pub evidence: Map<String, Value>,
+    /// The values the rule looked at: the members of a JSON object, as text (`"k":v,...`),
+    /// written straight from the values so no intermediate map is built per result.
+    pub evidence: String,
     pub remediation: Option<Remediation>,
 }
 
@@ -97,7 +98,7 @@ impl Finding {
         Finding {
             outcome,
             message: message.into(),
-            evidence: Map::new(),
+            evidence: String::new(),
             remediation: None,
         }
     }
@@ -113,15 +114,24 @@ impl Finding {
     pub fn skipped(message: impl Into<String>) -> Self {
         Self::new(Outcome::Skipped, message)
     }
-    /// Adds one evidence value.
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.evidence.insert(key.to_string(), value.into());
+    /// Adds one evidence value. Keys are unique per finding (tested over every fixture).
+    pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
+        if !self.evidence.is_empty() {
+            self.evidence.push(',');
+        }
+        // Serialising strings, numbers, lists and maps into a String cannot fail.
+        let _ = serde_json::to_writer(unsafe_free::Appender(&mut self.evidence), key);
+        self.evidence.push(':');
+        let _ = serde_json::to_writer(unsafe_free::Appender(&mut self.evidence), &value);
         self
     }
     /// Adds an optional evidence value (null when absent, so the reader sees it was looked at).
-    pub fn with_opt(self, key: &str, value: Option<impl Into<Value>>) -> Self {
-        let v = value.map(Into::into).unwrap_or(Value::Null);
-        self.with(key, v)
+    pub fn with_opt(self, key: &str, value: Option<impl Serialize>) -> Self {
+        self.with(key, value)
+    }
+    /// The evidence as a JSON object text.
+    pub fn evidence_json(&self) -> String {
+        format!("{{{}}}", self.evidence)
     }
     pub fn fix(mut self, text: impl Into<String>, commands: Vec<String>) -> Self {
         self.remediation = Some(Remediation {
@@ -129,6 +139,26 @@ impl Finding {
             commands,
         });
         self
+    }
+}
+
+mod unsafe_free {
+    /// `io::Write` into a `String`: serde_json only ever writes valid UTF-8.
+    pub struct Appender<'a>(pub &'a mut String);
+
+    impl std::io::Write for Appender<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            match std::str::from_utf8(buf) {
+                Ok(s) => {
+                    self.0.push_str(s);
+                    Ok(buf.len())
+                }
+                Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }
 

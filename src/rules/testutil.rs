@@ -107,6 +107,7 @@ pub fn check_fixtures(rule: &dyn Rule) -> usize {
             f.message
         );
         assert!(!f.message.is_empty(), "{name}/{stem}.json: empty message");
+        assert_unique_keys(&f.evidence_json(), &format!("{name}/{stem}.json"));
         if f.outcome == super::Outcome::Fail
             && rule.meta().severity != super::Severity::Precondition
         {
@@ -123,4 +124,42 @@ pub fn check_fixtures(rule: &dyn Rule) -> usize {
         "{name}: needs pass and fail fixtures"
     );
     n
+}
+
+/// The evidence is a JSON object whose keys are unique (it is built as text, so a repeated
+/// `with` would otherwise go unnoticed).
+pub fn assert_unique_keys(json: &str, what: &str) {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    let Keys(keys) = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("{what}: evidence {json} is not an object: {e}"));
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        keys.len(),
+        "{what}: duplicate evidence keys in {json}"
+    );
 }

@@ -69,12 +69,7 @@ impl Rule for VaultCrossRegionRestore {
                 let Some(sub) = cx.estate.subscription(&vm.subscription_id) else {
                     return Finding::unknown("the subscription was not read");
                 };
-                let in_region: Vec<_> = sub
-                    .vaults
-                    .items
-                    .iter()
-                    .filter(|v| v.location == vm.location)
-                    .collect();
+                let in_region = sub.vaults_in(&vm.location);
                 if in_region.is_empty() {
                     return match &sub.vaults.missing {
                         Some(r) => Finding::unknown(format!("could not read the vaults: {r}")),

@@ -45,12 +45,7 @@ impl Rule for VaultSameRegion {
         let Some(sub) = cx.estate.subscription(&vm.subscription_id) else {
             return Finding::unknown(format!("subscription {} was not read", vm.subscription_id));
         };
-        let in_region: Vec<_> = sub
-            .vaults
-            .items
-            .iter()
-            .filter(|v| v.location == vm.location)
-            .collect();
+        let in_region = sub.vaults_in(&vm.location);
         let names: Vec<String> = in_region.iter().map(|v| v.id.clone()).collect();
         let no_vault = || {
             Finding::fail(format!(
