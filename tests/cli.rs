@@ -371,7 +371,9 @@ fn a_vm_filter_that_matches_nothing_is_said() {
         .args(["check", "--from", &demo(), "--vm", "no-such-vm"])
         .assert()
         .code(0)
-        .stderr(predicate::str::contains("no VM matched --vm/--resource-group"));
+        .stderr(predicate::str::contains(
+            "no VM matched --vm/--resource-group",
+        ));
 }
 
 #[test]

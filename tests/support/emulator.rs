@@ -219,7 +219,12 @@ struct Served {
     singles: HashMap<String, SingleRead<Raw>>,
     hsms: HashMap<String, HsmRbac<Raw>>,
     principal: Option<SingleRead<Raw>>,
+    /// Resource Graph rows of one list and set of columns, projected once.
+    projected: Mutex<HashMap<(String, String), Rows>>,
 }
+
+/// Rows as Resource Graph returns them, as JSON text.
+type Rows = Arc<Vec<Raw>>;
 
 struct Bucket {
     tokens: f64,
@@ -411,6 +416,26 @@ fn build(snap: &Snapshot<Raw>, port: u16) -> Served {
             .unwrap_or_else(|| lc(hsm.rsplit('/').next().unwrap_or(hsm)));
         s.hsms.insert(name, rbac.clone());
     }
+    // The rows of the columns the tool asks for, projected up front: a Resource Graph page then
+    // costs a copy of its rows, as it would on the real service.
+    let columns: Vec<String> = cvm_backup::collect::resource_graph::COLUMNS
+        .split(',')
+        .map(|c| c.trim().to_string())
+        .collect();
+    let mut projected = HashMap::new();
+    for (path, list) in &s.lists {
+        if !path.starts_with("/subscriptions/") || !path.contains("/providers/") {
+            continue;
+        }
+        let rows: Vec<Raw> = list
+            .items()
+            .iter()
+            .filter_map(|it| serde_json::from_str::<Map<String, Value>>(it.get()).ok())
+            .map(|m| raw(&project(&m, &columns)))
+            .collect();
+        projected.insert((path.clone(), columns.join(",")), Arc::new(rows));
+    }
+    s.projected = Mutex::new(projected);
     s
 }
 
@@ -825,11 +850,11 @@ impl Served {
             }
             _ => return bad_request("give either `subscriptions` or `managementGroups`"),
         }
-        // The rows of the query in scope order, as items (only the page's rows are projected).
-        let mut items: Vec<Map<String, Value>> = Vec::new();
-        let mut source: Vec<&RawValue> = Vec::new();
+        // The rows of the query in scope order: per list, projected once and kept.
+        let mut chunks: Vec<Rows> = Vec::new();
         match (parsed.table.as_str(), lc(&parsed.type_filter).as_str()) {
             ("resourcecontainers", "microsoft.resources/subscriptions") => {
+                let mut rows = Vec::new();
                 for s in &scope {
                     let name = self
                         .subscriptions
@@ -844,19 +869,19 @@ impl Served {
                         "properties": {"state": "Enabled"},
                     });
                     if let Value::Object(m) = item {
-                        items.push(m);
+                        rows.push(raw(&project(&m, &parsed.columns)));
                     }
                 }
+                chunks.push(Arc::new(rows));
             }
             ("resources", ty) => {
+                let columns = parsed.columns.join(",");
                 for s in &scope {
                     if self.sub_errors.contains_key(s) {
                         continue;
                     }
-                    let Some(list) = self
-                        .lists
-                        .get(&format!("/subscriptions/{s}/providers/{ty}"))
-                    else {
+                    let path = format!("/subscriptions/{s}/providers/{ty}");
+                    let Some(list) = self.lists.get(&path) else {
                         continue;
                     };
                     if let Some(e) = &list.error {
@@ -866,40 +891,48 @@ impl Served {
                             r => r,
                         };
                     }
-                    source.extend(list.items().iter().map(|i| &**i));
+                    let key = (path, columns.clone());
+                    let cached = self.projected.lock().unwrap().get(&key).cloned();
+                    let rows = match cached {
+                        Some(r) => r,
+                        None => {
+                            let rows: Vec<Raw> = list
+                                .items()
+                                .iter()
+                                .filter_map(|it| {
+                                    serde_json::from_str::<Map<String, Value>>(it.get()).ok()
+                                })
+                                .map(|m| raw(&project(&m, &parsed.columns)))
+                                .collect();
+                            let rows = Arc::new(rows);
+                            self.projected.lock().unwrap().insert(key, rows.clone());
+                            rows
+                        }
+                    };
+                    chunks.push(rows);
                 }
             }
             (t, ty) => return bad_request(&format!("no rows of type {ty} in table {t}")),
         }
-        let total = items.len() + source.len();
+        let total: usize = chunks.iter().map(|c| c.len()).sum();
         let end = (offset + top).min(total);
         let start = offset.min(total);
-        let mut rows: Vec<Value> = Vec::with_capacity(end - start);
-        for i in start..end {
-            let row = match items.get(i) {
-                Some(m) => project(m, &parsed.columns),
-                None => {
-                    match serde_json::from_str::<Map<String, Value>>(source[i - items.len()].get())
-                    {
-                        Ok(m) => project(&m, &parsed.columns),
-                        Err(_) => continue,
-                    }
-                }
-            };
-            rows.push(row);
-        }
-        let data = rows;
-        let mut body = json!({
-            "totalRecords": total,
-            "count": data.len(),
-            "resultTruncated": "false",
-            "facets": [],
-            "data": data,
-        });
+        let page = chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .skip(start)
+            .take(end - start)
+            .map(|r| r.get());
+        let mut body = format!(
+            r#"{{"totalRecords":{total},"count":{},"resultTruncated":"false","facets":[],"data":"#,
+            end - start
+        );
+        join_items(page, &mut body);
         if end < total {
-            body["$skipToken"] = Value::String(format!("emu:{end}"));
+            body.push_str(&format!(r#","$skipToken":"emu:{end}""#));
         }
-        Reply::Json(200, body.to_string(), Vec::new())
+        body.push('}');
+        Reply::Json(200, body, Vec::new())
     }
 }
 
