@@ -13,9 +13,9 @@ pub mod resource_graph;
 use std::time::{Duration, Instant};
 
 use crate::endpoint;
-pub use plan::Source;
-
 use crate::snapshot::Snapshot;
+
+pub use plan::Source;
 
 /// Everything the collector needs to know. Built by the binary from flags, env and config.
 #[derive(Clone)]
