@@ -123,7 +123,9 @@ pub struct KeyVault {
     pub id: String,
     pub name: String,
     pub rbac: bool,
-    pub access_policies: Vec<AccessPolicy>,
+    /// `None` when the payload carries no `accessPolicies` at all (ARM always sends the list,
+    /// possibly empty; an inventory source might not): then who may use the key is unknown.
+    pub access_policies: Option<Vec<AccessPolicy>>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,7 +225,8 @@ pub struct Estate {
     role_definitions: HashMap<String, Avail<RoleDefinition>>,
     hsm_rbac: HashMap<String, HsmRbac>,
     /// DES key -> disks and snapshots encrypted with it.
-    des_usage: HashMap<String, BTreeSet<String>>,
+    /// DES key -> how many distinct disks and snapshots it encrypts.
+    des_usage: HashMap<String, usize>,
     /// VM key -> (vault key, item).
     protection: HashMap<String, (String, ProtectedItem)>,
     /// Normalised id (or lower-case name) -> (subscription index, item index), per kind.
@@ -768,18 +771,17 @@ fn rs_vault_from(raw: RawRsVault) -> Result<RsVault, String> {
 fn key_vault_from(raw: RawKeyVault) -> Result<KeyVault, String> {
     let id = need_id(raw.id)?;
     let props = raw.properties.unwrap_or_default();
-    let access_policies = props
-        .access_policies
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|p| {
-            Some(AccessPolicy {
-                object_id: text(p.object_id)?,
-                application_id: text(p.application_id),
-                key_permissions: p.permissions.and_then(|x| x.keys).unwrap_or_default(),
+    let access_policies = props.access_policies.map(|list| {
+        list.into_iter()
+            .filter_map(|p| {
+                Some(AccessPolicy {
+                    object_id: text(p.object_id)?,
+                    application_id: text(p.application_id),
+                    key_permissions: p.permissions.and_then(|x| x.keys).unwrap_or_default(),
+                })
             })
-        })
-        .collect();
+            .collect()
+    });
     Ok(KeyVault {
         name: name_or_last(raw.name, &id),
         rbac: props
@@ -1028,15 +1030,30 @@ impl Estate {
 
         errors.extend(snap.errors.iter().cloned());
 
-        let mut des_usage: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for s in &subscriptions {
-            for d in s.disks.items.iter().chain(s.snapshots.items.iter()) {
+        let disk_index = index_of(&subscriptions, |s| &s.disks, |d| norm(&d.id));
+        // Count each disk and snapshot once (a page served twice must not double a count),
+        // without keeping another copy of every id.
+        let mut des_usage: HashMap<String, usize> = HashMap::new();
+        let mut seen_snapshots = std::collections::HashSet::new();
+        for (si, s) in subscriptions.iter().enumerate() {
+            let disks = s
+                .disks
+                .items
+                .iter()
+                .enumerate()
+                .filter(|(di, d)| disk_index.get(&norm(&d.id)) == Some(&(si, *di)));
+            let snapshots = s
+                .snapshots
+                .items
+                .iter()
+                .filter(|d| seen_snapshots.insert(norm(&d.id)));
+            for d in disks.map(|(_, d)| d).chain(snapshots) {
                 for des in &d.des_ids {
-                    des_usage.entry(norm(des)).or_default().insert(norm(&d.id));
+                    *des_usage.entry(norm(des)).or_default() += 1;
                 }
             }
         }
-        let disk_index = index_of(&subscriptions, |s| &s.disks, |d| norm(&d.id));
+        drop(seen_snapshots);
         let des_index = index_of(&subscriptions, |s| &s.des, |d| norm(&d.id));
         let vault_index = index_of(&subscriptions, |s| &s.vaults, |v| norm(&v.id));
         let kv_index = index_of(&subscriptions, |s| &s.key_vaults, |k| norm(&k.id));
@@ -1256,7 +1273,7 @@ impl Estate {
     /// Disks and snapshots encrypted with a DES, and whether every disk and snapshot list
     /// was read completely (else the count is a lower bound).
     pub fn des_usage(&self, des_id: &str) -> (usize, Option<String>) {
-        let n = self.des_usage.get(&norm(des_id)).map_or(0, BTreeSet::len);
+        let n = self.des_usage.get(&norm(des_id)).copied().unwrap_or(0);
         (n, self.disk_lists_missing.clone())
     }
 

@@ -421,6 +421,13 @@ impl KeyAccess {
     }
 
     fn access_policies(&self, vm: &Vm, kv: &KeyVault, principal: &Principal) -> Finding {
+        let Some(policies) = kv.access_policies.as_deref() else {
+            return Finding::unknown(format!(
+                "the payload of Key Vault {} carries no accessPolicies, so who may use the key is unknown (read it through ARM: --source arm)",
+                kv.name
+            ))
+            .with("permission_model", "access-policy");
+        };
         let grants_all = |perms: &[String]| {
             let has = |p: &str| {
                 perms
@@ -450,8 +457,7 @@ impl KeyAccess {
                     .collect(),
             ),
             Principal::Known(oid) => {
-                let perms: Vec<String> = kv
-                    .access_policies
+                let perms: Vec<String> = policies
                     .iter()
                     .filter(|p| p.object_id.eq_ignore_ascii_case(oid))
                     .flat_map(|p| p.key_permissions.iter().cloned())
@@ -479,7 +485,7 @@ impl KeyAccess {
                 }
             }
             Principal::Unknown(reason) => {
-                if kv.access_policies.iter().any(|p| grants_all(&p.key_permissions)) {
+                if policies.iter().any(|p| grants_all(&p.key_permissions)) {
                     Finding::unknown(format!(
                         "an access policy grants get, list and backup, but the Backup Management Service's object id could not be looked up ({reason}); pass --backup-principal-id"
                     ))
