@@ -101,17 +101,8 @@ fn run(args: &[String], stdout: Stdio) -> Child {
         c.args(w.split_whitespace());
     }
     c.arg(BIN);
-    for (k, _) in std::env::vars() {
-        let u = k.to_ascii_uppercase();
-        if u.starts_with("AZURE_")
-            || u.starts_with("CVM_BACKUP_")
-            || u.starts_with("IDENTITY_")
-            || u.starts_with("MSI_")
-            || u.ends_with("_PROXY")
-            || u == "RUST_LOG"
-        {
-            c.env_remove(&k);
-        }
+    for k in emulator::ambient_vars() {
+        c.env_remove(k);
     }
     c.env("CVM_BACKUP_NOW", "2026-11-28T20:00:00Z")
         .env("AZURE_CREDENTIAL_KIND", "azurecli")

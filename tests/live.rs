@@ -10,6 +10,7 @@ use std::time::Duration;
 use assert_cmd::Command;
 use serde_json::Value;
 use support::emulator::{Config, Emulator, Fault};
+use support::outcomes;
 
 const NOW: &str = "2026-11-28T20:00:00Z";
 const TOKEN: &str = "test-token-5f0c9a1e77d2";
@@ -40,18 +41,8 @@ fn empty_path_dir() -> PathBuf {
 /// clock, and no credential source that could leave the machine.
 fn bare() -> Command {
     let mut c = Command::cargo_bin("cvm-backup").unwrap();
-    for (k, _) in std::env::vars() {
-        let u = k.to_ascii_uppercase();
-        if u.starts_with("AZURE_")
-            || u.starts_with("CVM_BACKUP_")
-            || u.starts_with("IDENTITY_")
-            || u.starts_with("MSI_")
-            || u.ends_with("_PROXY")
-            || u == "NO_COLOR"
-            || u == "RUST_LOG"
-        {
-            c.env_remove(&k);
-        }
+    for k in support::emulator::ambient_vars() {
+        c.env_remove(k);
     }
     c.env("CVM_BACKUP_NOW", NOW)
         .env("PATH", empty_path_dir())
@@ -119,34 +110,6 @@ fn offline(file: &str, extra: &[&str]) -> Run {
     c.args(["check", "--from", &abs(file), "--format", "json"])
         .args(extra);
     run(c)
-}
-
-/// Per VM: verdict and each rule's outcome; per subscription: each rule's outcome.
-fn outcomes(doc: &Value) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for vm in doc["vms"].as_array().unwrap() {
-        let id = vm["id"].as_str().unwrap().to_ascii_lowercase();
-        m.insert(
-            format!("{id} verdict"),
-            vm["verdict"].as_str().unwrap().to_string(),
-        );
-        for r in vm["results"].as_array().unwrap() {
-            m.insert(
-                format!("{id} {}", r["rule"].as_str().unwrap()),
-                r["outcome"].as_str().unwrap().to_string(),
-            );
-        }
-    }
-    for s in doc["subscriptions"].as_array().unwrap() {
-        let id = s["id"].as_str().unwrap().to_ascii_lowercase();
-        for r in s["results"].as_array().unwrap() {
-            m.insert(
-                format!("subscription {id} {}", r["rule"].as_str().unwrap()),
-                r["outcome"].as_str().unwrap().to_string(),
-            );
-        }
-    }
-    m
 }
 
 fn outcome_of(doc: &Value, vm_name: &str, rule: &str) -> String {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use assert_cmd::Command;
 use serde_json::Value;
 use support::emulator::{Config, Emulator, Fault, Seen};
+use support::outcomes;
 use support::synth::{self, Spec};
 
 const NOW: &str = "2026-11-28T20:00:00Z";
@@ -29,18 +30,8 @@ fn empty_path_dir() -> PathBuf {
 /// The binary with a scrubbed environment, a fixed clock and no way to a real credential.
 fn cvm() -> Command {
     let mut c = Command::cargo_bin("cvm-backup").unwrap();
-    for (k, _) in std::env::vars() {
-        let u = k.to_ascii_uppercase();
-        if u.starts_with("AZURE_")
-            || u.starts_with("CVM_BACKUP_")
-            || u.starts_with("IDENTITY_")
-            || u.starts_with("MSI_")
-            || u.ends_with("_PROXY")
-            || u == "NO_COLOR"
-            || u == "RUST_LOG"
-        {
-            c.env_remove(&k);
-        }
+    for k in support::emulator::ambient_vars() {
+        c.env_remove(k);
     }
     c.env("CVM_BACKUP_NOW", NOW)
         .env("PATH", empty_path_dir())
@@ -92,34 +83,6 @@ fn offline(file: &Path) -> Run {
     c.args(["check", "--no-config", "--format", "json", "--from"])
         .arg(file);
     run(c)
-}
-
-/// Per VM: verdict and each rule's outcome; per subscription: each rule's outcome.
-fn outcomes(doc: &Value) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for vm in doc["vms"].as_array().unwrap() {
-        let id = vm["id"].as_str().unwrap().to_ascii_lowercase();
-        m.insert(
-            format!("{id} verdict"),
-            vm["verdict"].as_str().unwrap().into(),
-        );
-        for r in vm["results"].as_array().unwrap() {
-            m.insert(
-                format!("{id} {}", r["rule"].as_str().unwrap()),
-                r["outcome"].as_str().unwrap().into(),
-            );
-        }
-    }
-    for s in doc["subscriptions"].as_array().unwrap() {
-        let id = s["id"].as_str().unwrap().to_ascii_lowercase();
-        for r in s["results"].as_array().unwrap() {
-            m.insert(
-                format!("subscription {id} {}", r["rule"].as_str().unwrap()),
-                r["outcome"].as_str().unwrap().into(),
-            );
-        }
-    }
-    m
 }
 
 fn assert_same_outcomes(a: &Value, b: &Value, what: &str) {

@@ -1364,3 +1364,21 @@ impl Drop for Emulator {
         }
     }
 }
+
+/// Environment variables a test or benchmark must not pass to the binary: anything that could
+/// pick a real credential, a proxy or another endpoint, or change logging and colour.
+pub fn ambient_vars() -> Vec<String> {
+    std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            let u = k.to_ascii_uppercase();
+            u.starts_with("AZURE_")
+                || u.starts_with("CVM_BACKUP_")
+                || u.starts_with("IDENTITY_")
+                || u.starts_with("MSI_")
+                || u.ends_with("_PROXY")
+                || u == "NO_COLOR"
+                || u == "RUST_LOG"
+        })
+        .collect()
+}
