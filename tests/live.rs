@@ -10,7 +10,7 @@ use std::time::Duration;
 use assert_cmd::Command;
 use serde_json::Value;
 use support::emulator::{Config, Emulator, Fault};
-use support::outcomes;
+use support::{outcomes, run, Run};
 
 const NOW: &str = "2026-11-28T20:00:00Z";
 const TOKEN: &str = "test-token-5f0c9a1e77d2";
@@ -55,32 +55,6 @@ fn cvm() -> Command {
     // Belt and braces: even a test that forgot --access-token only reaches a missing `az`.
     c.env("AZURE_CREDENTIAL_KIND", "azurecli");
     c
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-}
-
-fn run(mut c: Command) -> Run {
-    let out = c.timeout(Duration::from_secs(120)).output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 fn conn(emu: &Emulator) -> Vec<String> {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use assert_cmd::Command;
 use serde_json::Value;
 use support::emulator::{Config, Emulator, Fault, Seen};
-use support::outcomes;
 use support::synth::{self, Spec};
+use support::{outcomes, run, Run};
 
 const NOW: &str = "2026-11-28T20:00:00Z";
 const TOKEN: &str = "test-token-7d1e0c9b3a55";
@@ -38,32 +38,6 @@ fn cvm() -> Command {
         .env("AZURE_CREDENTIAL_KIND", "azurecli")
         .current_dir(std::env::temp_dir());
     c
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-}
-
-fn run(mut c: Command) -> Run {
-    let out = c.timeout(Duration::from_secs(180)).output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// `check --format json` against the emulator, plus `extra`.

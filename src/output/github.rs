@@ -56,12 +56,8 @@ pub fn render(report: &Report) -> String {
             };
             let mut msg = format!("VM {} ({}) {what}: {}", vm.name, vm.id, r.message);
             if let Some(fix) = &r.remediation {
-                msg.push_str("\nFix: ");
-                msg.push_str(&fix.text);
-                for c in &fix.commands {
-                    msg.push_str("\n  $ ");
-                    msg.push_str(c);
-                }
+                msg.push('\n');
+                msg.push_str(&super::fix_text(fix));
             }
             msg.push_str("\nRule: ");
             msg.push_str(r.meta.docs_url);

@@ -30,12 +30,8 @@ fn body(r: &RuleResult) -> String {
             r.message
         );
     } else if let Some(fix) = &r.remediation {
-        s.push_str("\n\nFix: ");
-        s.push_str(&fix.text);
-        for c in &fix.commands {
-            s.push_str("\n  $ ");
-            s.push_str(c);
-        }
+        s.push_str("\n\n");
+        s.push_str(&super::fix_text(fix));
     }
     s.push_str("\n\nRule: ");
     s.push_str(r.meta.docs_url);

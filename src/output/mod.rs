@@ -114,3 +114,13 @@ pub fn problem_level(r: &RuleResult) -> Option<Level> {
         (Outcome::Pass | Outcome::Skipped | Outcome::Waived, _) => None,
     }
 }
+
+/// A fix as plain text lines: "Fix: <text>" then one "  $ <command>" per command.
+pub fn fix_text(fix: &crate::rules::Remediation) -> String {
+    let mut s = format!("Fix: {}", fix.text);
+    for c in &fix.commands {
+        s.push_str("\n  $ ");
+        s.push_str(c);
+    }
+    s
+}

@@ -35,3 +35,34 @@ pub fn outcomes(doc: &Value) -> BTreeMap<String, String> {
     }
     m
 }
+
+/// What one run of the binary printed and returned.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Runs the binary to completion (a hung run fails the test after 3 minutes).
+pub fn run(mut c: assert_cmd::Command) -> Run {
+    let out = c
+        .timeout(std::time::Duration::from_secs(180))
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
