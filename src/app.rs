@@ -226,10 +226,23 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
         Some(path) => {
             // The fast path: items stay borrowed JSON text until the estate has read them.
             let usage = |e: crate::snapshot::SnapshotError| AppError::Usage(e.to_string());
+            let t = std::time::Instant::now();
             let bytes = crate::snapshot::read(path).map_err(usage)?;
+            tracing::debug!(
+                "read {}: {} bytes in {:?}, {}",
+                path.display(),
+                bytes.len(),
+                t.elapsed(),
+                rss()
+            );
+            let t = std::time::Instant::now();
             let snap =
                 Snapshot::parse_borrowed(&bytes, &path.display().to_string()).map_err(usage)?;
-            Estate::from_snapshot(&snap, principal)
+            tracing::debug!("parsed the snapshot in {:?}, {}", t.elapsed(), rss());
+            let t = std::time::Instant::now();
+            let estate = Estate::from_snapshot(&snap, principal);
+            tracing::debug!("built the estate in {:?}, {}", t.elapsed(), rss());
+            estate
         }
         None => {
             let opts = collect_options(
@@ -251,7 +264,14 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
         resource_groups: args.scope.resource_groups.clone(),
         vms: args.scope.vms.clone(),
     };
+    let t = std::time::Instant::now();
     let eval = engine::evaluate(&estate, &settings, &policy, &scope, now);
+    tracing::debug!(
+        "evaluated {} VMs in {:?}, {}",
+        eval.report.vms.len(),
+        t.elapsed(),
+        rss()
+    );
     let report = eval.report;
     if report.vms.is_empty()
         && !args.out.quiet
@@ -288,12 +308,14 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
     let text = match args.format {
         // Streamed: the document can be large.
         Format::Json => {
+            let t = std::time::Instant::now();
             output::emit_with(args.output.as_deref(), |w| json_v1::write(&report, w)).map_err(
                 |e| match &args.output {
                     Some(p) => AppError::Usage(format!("cannot write {}: {e}", p.display())),
                     None => AppError::Usage(format!("cannot write to stdout: {e}")),
                 },
             )?;
+            tracing::debug!("rendered JSON in {:?}, {}", t.elapsed(), rss());
             // A large estate is millions of small allocations: the process is about to exit,
             // so let the OS reclaim them at once instead of freeing them one by one.
             std::mem::forget(report);
@@ -414,4 +436,19 @@ fn init(path: &Path, force: bool) -> Result<i32, AppError> {
         .map_err(|e| AppError::Usage(format!("cannot write {}: {e}", path.display())))?;
     diag("info", &format!("wrote {}", path.display()));
     Ok(0)
+}
+
+/// Resident and peak memory of this process, for `-vv` timings (Linux; empty elsewhere).
+fn rss() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    match (field("VmRSS:"), field("VmHWM:")) {
+        (Some(now), Some(peak)) => format!("RSS {now} (peak {peak})"),
+        _ => String::new(),
+    }
 }

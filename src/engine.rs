@@ -134,7 +134,7 @@ impl Applier<'_> {
                 severity,
                 outcome: Outcome::Skipped,
                 message: "disabled in config".into(),
-                evidence: crate::report::empty_evidence(),
+                evidence: Box::from("{}"),
                 remediation: None,
                 waiver: None,
             };
@@ -143,7 +143,7 @@ impl Applier<'_> {
             meta,
             severity,
             outcome: f.outcome,
-            evidence: crate::report::evidence_raw(&f),
+            evidence: f.evidence.into_boxed_str(),
             message: f.message,
             remediation: f.remediation,
             waiver: None,

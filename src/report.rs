@@ -1,8 +1,9 @@
 //! One model of results, rendered by every output format. Outcomes, verdicts and the exit code
 //! are decided here and in the engine, never in a renderer.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
-use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use crate::rules::{Outcome, Remediation, RuleMeta, Severity};
@@ -43,9 +44,9 @@ pub struct RuleResult {
     /// Effective severity after the config.
     pub severity: Severity,
     pub outcome: Outcome,
-    pub message: String,
-    /// The values the rule looked at, as compact JSON text (an object).
-    pub evidence: Box<RawValue>,
+    pub message: Cow<'static, str>,
+    /// The values the rule looked at: a compact JSON object (see `Finding::evidence`).
+    pub evidence: Box<str>,
     pub remediation: Option<Remediation>,
     pub waiver: Option<WaiverInfo>,
 }
@@ -182,13 +183,4 @@ pub fn exit_code(report: &Report, fail_on: FailOn) -> i32 {
     } else {
         0
     }
-}
-
-/// Evidence as compact JSON text: one allocation per result instead of a map of values.
-pub fn evidence_raw(f: &crate::rules::Finding) -> Box<RawValue> {
-    RawValue::from_string(f.evidence_json()).unwrap_or_else(|_| empty_evidence())
-}
-
-pub fn empty_evidence() -> Box<RawValue> {
-    RawValue::from_string("{}".to_string()).unwrap_or_default()
 }

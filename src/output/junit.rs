@@ -20,7 +20,7 @@ use crate::rules::{Outcome, Severity};
 
 /// The body of a failure, error or skipped element: message, fix, commands, docs.
 fn body(r: &RuleResult) -> String {
-    let mut s = r.message.clone();
+    let mut s = r.message.to_string();
     if let Some(w) = &r.waiver {
         s = format!(
             "{} (waived until {}: {})\n\n{}",
@@ -74,7 +74,7 @@ fn status(r: &RuleResult) -> TestCaseStatus {
             w.original.as_str(),
             w.reason
         ),
-        None => r.message.clone(),
+        None => r.message.to_string(),
     };
     st.set_message(message);
     st.set_description(body(r));

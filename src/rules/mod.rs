@@ -1,6 +1,8 @@
 //! The rule catalogue (CONTRACT.md section 3). One file per rule; each is a pure function of the
 //! estate, the settings and one VM, declared once with its metadata. No I/O here.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::estate::{Estate, Vm};
@@ -86,52 +88,58 @@ pub struct Remediation {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
     pub outcome: Outcome,
-    pub message: String,
-    /// The values the rule looked at: the members of a JSON object, as text (`"k":v,...`),
-    /// written straight from the values so no intermediate map is built per result.
+    /// Fixed texts are borrowed, so most results allocate nothing for their message.
+    pub message: Cow<'static, str>,
+    /// The values the rule looked at: a compact JSON object, written straight from the values
+    /// (so no map is built per result) and copied into the output as it is.
     pub evidence: String,
     pub remediation: Option<Remediation>,
 }
 
 impl Finding {
-    fn new(outcome: Outcome, message: impl Into<String>) -> Self {
+    fn new(outcome: Outcome, message: impl Into<Cow<'static, str>>) -> Self {
         Finding {
             outcome,
             message: message.into(),
-            evidence: String::new(),
+            evidence: String::from("{}"),
             remediation: None,
         }
     }
-    pub fn pass(message: impl Into<String>) -> Self {
+    pub fn pass(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(Outcome::Pass, message)
     }
-    pub fn fail(message: impl Into<String>) -> Self {
+    pub fn fail(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(Outcome::Fail, message)
     }
-    pub fn unknown(message: impl Into<String>) -> Self {
+    pub fn unknown(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(Outcome::Unknown, message)
     }
-    pub fn skipped(message: impl Into<String>) -> Self {
+    pub fn skipped(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(Outcome::Skipped, message)
     }
     /// Adds one evidence value. Keys are unique per finding (tested over every fixture).
-    pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
-        if !self.evidence.is_empty() {
-            self.evidence.push(',');
+    pub fn with(mut self, key: &'static str, value: impl Serialize) -> Self {
+        let mut text = std::mem::take(&mut self.evidence).into_bytes();
+        text.pop(); // the closing brace
+        if text.len() > 1 {
+            text.push(b',');
         }
-        // Serialising strings, numbers, lists and maps into a String cannot fail.
-        let _ = serde_json::to_writer(unsafe_free::Appender(&mut self.evidence), key);
-        self.evidence.push(':');
-        let _ = serde_json::to_writer(unsafe_free::Appender(&mut self.evidence), &value);
+        // Serialising strings, numbers, lists and string-keyed maps into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut text, key);
+        text.push(b':');
+        let _ = serde_json::to_writer(&mut text, &value);
+        text.push(b'}');
+        // serde_json writes UTF-8 only.
+        self.evidence = String::from_utf8(text).unwrap_or_else(|_| String::from("{}"));
         self
     }
     /// Adds an optional evidence value (null when absent, so the reader sees it was looked at).
-    pub fn with_opt(self, key: &str, value: Option<impl Serialize>) -> Self {
+    pub fn with_opt(self, key: &'static str, value: Option<impl Serialize>) -> Self {
         self.with(key, value)
     }
     /// The evidence as a JSON object text.
-    pub fn evidence_json(&self) -> String {
-        format!("{{{}}}", self.evidence)
+    pub fn evidence_json(&self) -> &str {
+        &self.evidence
     }
     pub fn fix(mut self, text: impl Into<String>, commands: Vec<String>) -> Self {
         self.remediation = Some(Remediation {
@@ -139,26 +147,6 @@ impl Finding {
             commands,
         });
         self
-    }
-}
-
-mod unsafe_free {
-    /// `io::Write` into a `String`: serde_json only ever writes valid UTF-8.
-    pub struct Appender<'a>(pub &'a mut String);
-
-    impl std::io::Write for Appender<'_> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            match std::str::from_utf8(buf) {
-                Ok(s) => {
-                    self.0.push_str(s);
-                    Ok(buf.len())
-                }
-                Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            }
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 }
 

@@ -58,7 +58,7 @@ impl Rule for OsDiskEncryption {
                 format!("securityEncryptionType {t} is not DiskWithVMGuestState")
             };
             let mut f = recreate(vm);
-            f.message = base;
+            f.message = base.into();
             return f.with("security_encryption_type", t);
         }
         // Fall back to the disk resource.
@@ -82,7 +82,8 @@ impl Rule for OsDiskEncryption {
                     let mut f = recreate(vm);
                     f.message = format!(
                         "the OS disk's securityType is {t}: the OS disk is not confidentially encrypted"
-                    );
+                    )
+                    .into();
                     f.with("disk_security_type", t).with("os_disk_id", disk_id)
                 }
                 None => Finding::unknown(
