@@ -224,24 +224,16 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
     }
     let estate = match &args.from {
         Some(path) => {
-            // The fast path: items stay borrowed JSON text until the estate has read them.
-            let usage = |e: crate::snapshot::SnapshotError| AppError::Usage(e.to_string());
+            // Streamed: the file is never held whole (see `load`).
             let t = std::time::Instant::now();
-            let bytes = crate::snapshot::read(path).map_err(usage)?;
+            let estate = crate::load::estate_from_file(path, principal)
+                .map_err(|e| AppError::Usage(e.to_string()))?;
             tracing::debug!(
-                "read {}: {} bytes in {:?}, {}",
+                "read {} into the estate in {:?}, {}",
                 path.display(),
-                bytes.len(),
                 t.elapsed(),
                 rss()
             );
-            let t = std::time::Instant::now();
-            let snap =
-                Snapshot::parse_borrowed(&bytes, &path.display().to_string()).map_err(usage)?;
-            tracing::debug!("parsed the snapshot in {:?}, {}", t.elapsed(), rss());
-            let t = std::time::Instant::now();
-            let estate = Estate::from_snapshot(&snap, principal);
-            tracing::debug!("built the estate in {:?}, {}", t.elapsed(), rss());
             estate
         }
         None => {

@@ -890,19 +890,50 @@ fn single<I: RawItem, R: DeserializeOwned, T>(
     }
 }
 
+/// One subscription's lists turned into typed records, on their own: what the streaming loader
+/// builds on every core while it reads the next subscription.
+pub struct SubscriptionPart {
+    data: SubscriptionData,
+    vms: Vec<Vm>,
+    errors: Vec<ErrorRecord>,
+}
+
+impl SubscriptionPart {
+    pub fn build<I: RawItem>(s: &SubscriptionSnapshot<I>) -> SubscriptionPart {
+        let mut errors = Vec::new();
+        let (data, vms) = Estate::build_subscription(s, &mut errors);
+        SubscriptionPart { data, vms, errors }
+    }
+}
+
 impl Estate {
     /// Builds the estate. `principal_override` is `--backup-principal-id`.
     pub fn from_snapshot<I: RawItem>(
         snap: &Snapshot<I>,
         principal_override: Option<&str>,
     ) -> Estate {
+        let parts = snap
+            .subscriptions
+            .iter()
+            .map(SubscriptionPart::build)
+            .collect();
+        Self::from_parts(parts, snap, principal_override)
+    }
+
+    /// Builds the estate from subscriptions built on their own (in `snap.subscriptions`' order,
+    /// which is ignored here) and the rest of the snapshot: vault children, role data, HSMs.
+    pub fn from_parts<I: RawItem>(
+        parts: Vec<SubscriptionPart>,
+        snap: &Snapshot<I>,
+        principal_override: Option<&str>,
+    ) -> Estate {
         let mut errors: Vec<ErrorRecord> = Vec::new();
-        let mut subscriptions = Vec::new();
-        let mut vms = Vec::new();
-        for s in &snap.subscriptions {
-            let (data, sub_vms) = Self::build_subscription(s, &mut errors);
-            subscriptions.push(data);
-            vms.extend(sub_vms);
+        let mut subscriptions = Vec::with_capacity(parts.len());
+        let mut vms = Vec::with_capacity(parts.iter().map(|p| p.vms.len()).sum());
+        for p in parts {
+            errors.extend(p.errors);
+            subscriptions.push(p.data);
+            vms.extend(p.vms);
         }
         let sub_index = subscriptions
             .iter()

@@ -398,32 +398,42 @@ fn diagnose(bytes: &[u8], path: &str) -> Result<(), SnapshotError> {
 }
 
 fn validate<I>(snap: &Snapshot<I>, path: &str) -> Result<(), SnapshotError> {
+    for (i, s) in snap.subscriptions.iter().enumerate() {
+        validate_subscription(i, s, path)?;
+    }
+    Ok(())
+}
+
+/// The checks serde cannot make on `subscriptions[i]`.
+pub fn validate_subscription<I>(
+    i: usize,
+    s: &SubscriptionSnapshot<I>,
+    path: &str,
+) -> Result<(), SnapshotError> {
     let invalid = |msg: String| SnapshotError::Invalid {
         path: path.to_string(),
         msg,
     };
-    for (i, s) in snap.subscriptions.iter().enumerate() {
-        if s.subscription_id.trim().is_empty() {
-            return Err(invalid(format!(
-                "subscriptions[{i}].subscription_id is empty"
-            )));
-        }
-        let lists = [
-            ("virtual_machines", &s.virtual_machines),
-            ("disks", &s.disks),
-            ("snapshots", &s.snapshots),
-            ("disk_encryption_sets", &s.disk_encryption_sets),
-            ("recovery_services_vaults", &s.recovery_services_vaults),
-            ("key_vaults", &s.key_vaults),
-            ("managed_hsms", &s.managed_hsms),
-        ];
-        for (name, l) in lists {
-            if let Some(l) = l {
-                if l.value.is_none() && l.error.is_none() {
-                    return Err(invalid(format!(
-                        "subscriptions[{i}].{name} has neither `value` nor `error`"
-                    )));
-                }
+    if s.subscription_id.trim().is_empty() {
+        return Err(invalid(format!(
+            "subscriptions[{i}].subscription_id is empty"
+        )));
+    }
+    let lists = [
+        ("virtual_machines", &s.virtual_machines),
+        ("disks", &s.disks),
+        ("snapshots", &s.snapshots),
+        ("disk_encryption_sets", &s.disk_encryption_sets),
+        ("recovery_services_vaults", &s.recovery_services_vaults),
+        ("key_vaults", &s.key_vaults),
+        ("managed_hsms", &s.managed_hsms),
+    ];
+    for (name, l) in lists {
+        if let Some(l) = l {
+            if l.value.is_none() && l.error.is_none() {
+                return Err(invalid(format!(
+                    "subscriptions[{i}].{name} has neither `value` nor `error`"
+                )));
             }
         }
     }
