@@ -348,6 +348,18 @@ fn escaped(buf: &[u8], start: usize, at: usize) -> bool {
 mod tests {
     use super::*;
 
+    /// A reader that hands out at most `n` bytes per read: every chunk boundary is met.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(buf.len()).min(self.1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
     fn split(text: &[u8]) -> Option<(Vec<String>, String)> {
         let mut subs = Vec::new();
         let rest = split_top_level(text, |i, t| {
@@ -394,18 +406,9 @@ mod tests {
     /// Values cut at every chunk boundary: the splitter reads on and keeps the text whole.
     #[test]
     fn values_across_chunk_boundaries() {
-        struct Trickle<'a>(&'a [u8]);
-        impl Read for Trickle<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let n = self.0.len().min(buf.len()).min(3);
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
         let doc = br#"{"subscriptions":[{"a":"\\\"]}","b":[[[]]]},"s"],"x":"\u0041"}"#;
         let mut subs = Vec::new();
-        let rest = split_top_level(Trickle(doc), |_, t| {
+        let rest = split_top_level(Trickle(doc, 3), |_, t| {
             subs.push(String::from_utf8(t).unwrap());
             true
         })
@@ -441,15 +444,6 @@ mod tests {
             let r = crate::engine::evaluate(e, &settings, &policy, &scope, now).report;
             crate::output::json_v1::render(&r)
         };
-        struct OneByte<'a>(&'a [u8]);
-        impl Read for OneByte<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let n = self.0.len().min(buf.len()).min(1);
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
         assert!(files.len() > 100);
         for f in files {
             let whole = report(&whole(&f, None).unwrap());
@@ -459,7 +453,7 @@ mod tests {
                 let e = e.unwrap_or_else(|| panic!("{}: refused", f.display()));
                 assert_eq!(report(&e), whole, "{} ({workers} workers)", f.display());
             }
-            let e = streamed(OneByte(&bytes), "x", None, 2).unwrap().unwrap();
+            let e = streamed(Trickle(&bytes, 1), "x", None, 2).unwrap().unwrap();
             assert_eq!(report(&e), whole, "{} (one byte at a time)", f.display());
         }
     }
