@@ -4,7 +4,7 @@
 //! VM. "Could not be read" is explicit everywhere ([`Avail::Unknown`], [`Listing::missing`]):
 //! a failed read is never an empty list.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -12,7 +12,9 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::armid::{self, norm, norm_location};
-use crate::snapshot::{ErrorRecord, ListRead, SingleRead, Snapshot, SubscriptionSnapshot};
+use crate::snapshot::{
+    ErrorRecord, ListRead, SingleRead, Snapshot, SubscriptionSnapshot, VaultChildren,
+};
 
 /// A value that was read, or the reason it could not be.
 #[derive(Debug, Clone, PartialEq)]
@@ -228,7 +230,8 @@ pub struct Estate {
     /// DES key -> how many distinct disks and snapshots it encrypts.
     des_usage: HashMap<String, usize>,
     /// VM key -> (vault key, item).
-    protection: HashMap<String, (String, ProtectedItem)>,
+    /// VM key -> (vault key, index of the protected item in that vault's items).
+    protection: HashMap<String, (String, usize)>,
     /// Normalised id (or lower-case name) -> (subscription index, item index), per kind.
     disk_index: Index,
     des_index: Index,
@@ -285,7 +288,7 @@ pub enum Protection<'a> {
 // built for the whole snapshot.
 
 /// How a raw item is held in a snapshot: a JSON value or borrowed JSON text.
-pub trait RawItem {
+pub trait RawItem: Sync {
     fn parse<T: DeserializeOwned>(&self) -> Result<T, String>;
 }
 
@@ -890,19 +893,116 @@ fn single<I: RawItem, R: DeserializeOwned, T>(
     }
 }
 
+/// Disks and snapshots per DES over the whole estate, each disk (by its first occurrence in
+/// `disk_index`) and snapshot counted once.
+fn count_des_usage(subs: &[SubscriptionData], disk_index: &Index) -> HashMap<String, usize> {
+    let mut des_usage: HashMap<String, usize> = HashMap::new();
+    let mut seen_snapshots = HashSet::new();
+    for (si, s) in subs.iter().enumerate() {
+        let disks = (s.disks.items.iter().enumerate())
+            .filter(|(di, d)| disk_index.get(&norm(&d.id)) == Some(&(si, *di)));
+        let snapshots = (s.snapshots.items.iter()).filter(|d| seen_snapshots.insert(norm(&d.id)));
+        for d in disks.map(|(_, d)| d).chain(snapshots) {
+            for des in &d.des_ids {
+                *des_usage.entry(norm(des)).or_default() += 1;
+            }
+        }
+    }
+    des_usage
+}
+
 /// One subscription's lists turned into typed records, on their own: what the streaming loader
 /// builds on every core while it reads the next subscription.
 pub struct SubscriptionPart {
     data: SubscriptionData,
     vms: Vec<Vm>,
     errors: Vec<ErrorRecord>,
+    /// Normalised ids of `data.disks`, in order.
+    disk_keys: Vec<String>,
+    /// Normalised ids of `data.snapshots`, each once.
+    snapshot_keys: HashSet<String>,
+    /// Disks and snapshots per DES in this subscription, each disk and snapshot counted once.
+    des_usage: HashMap<String, usize>,
 }
 
 impl SubscriptionPart {
     pub fn build<I: RawItem>(s: &SubscriptionSnapshot<I>) -> SubscriptionPart {
         let mut errors = Vec::new();
         let (data, vms) = Estate::build_subscription(s, &mut errors);
-        SubscriptionPart { data, vms, errors }
+        let disk_keys: Vec<String> = data.disks.items.iter().map(|d| norm(&d.id)).collect();
+        let mut des_usage: HashMap<String, usize> = HashMap::new();
+        let mut seen_disks = HashSet::with_capacity(disk_keys.len());
+        let mut snapshot_keys = HashSet::new();
+        let disks = (data.disks.items.iter().zip(&disk_keys))
+            .filter(|(_, k)| seen_disks.insert(k.as_str()))
+            .map(|(d, _)| d);
+        let snapshots = (data.snapshots.items.iter()).filter(|d| snapshot_keys.insert(norm(&d.id)));
+        for d in disks.chain(snapshots) {
+            for des in &d.des_ids {
+                *des_usage.entry(norm(des)).or_default() += 1;
+            }
+        }
+        drop(seen_disks);
+        SubscriptionPart {
+            data,
+            vms,
+            errors,
+            disk_keys,
+            snapshot_keys,
+            des_usage,
+        }
+    }
+}
+
+/// One vault's children as typed records, with the VMs it protects (`(VM key, item index)`).
+struct VaultPart {
+    key: String,
+    detail: VaultDetail,
+    protects: Vec<(String, usize)>,
+    errors: Vec<ErrorRecord>,
+}
+
+impl VaultPart {
+    fn build<I: RawItem>(vault_id: &str, children: &VaultChildren<I>) -> VaultPart {
+        let mut errors = Vec::new();
+        let storage_crr = single(
+            children.storage_config.as_ref(),
+            &mut errors,
+            |c: RawStorageConfig| {
+                Ok(c.properties
+                    .and_then(|p| p.cross_region_restore_flag)
+                    .and_then(|f| f.get()))
+            },
+            vault_id,
+            "backup storage config",
+        );
+        let policies = listing(
+            children.policies.as_ref(),
+            vault_id,
+            "backup policies",
+            &mut errors,
+            policy_from,
+        );
+        let items = listing(
+            children.protected_items.as_ref(),
+            vault_id,
+            "protected items",
+            &mut errors,
+            item_from,
+        );
+        let protects = (items.items.iter().enumerate())
+            .map(|(i, item)| (norm(&item.vm_id), i))
+            .collect();
+        VaultPart {
+            key: norm(vault_id),
+            detail: VaultDetail {
+                storage_crr,
+                policies,
+                items,
+            },
+            protects,
+            errors,
+        }
     }
 }
 
@@ -930,10 +1030,38 @@ impl Estate {
         let mut errors: Vec<ErrorRecord> = Vec::new();
         let mut subscriptions = Vec::with_capacity(parts.len());
         let mut vms = Vec::with_capacity(parts.iter().map(|p| p.vms.len()).sum());
-        for p in parts {
+        // Disks are indexed by id, first occurrence first; each is counted once per DES. The
+        // parts counted their own disks; a disk or snapshot listed in two subscriptions (not
+        // something ARM returns) makes the counts be redone over the whole estate.
+        let mut disk_index: Index =
+            HashMap::with_capacity(parts.iter().map(|p| p.disk_keys.len()).sum());
+        let mut seen_snapshots: HashSet<String> = HashSet::new();
+        let mut des_usage: HashMap<String, usize> = HashMap::new();
+        let mut counted_twice = false;
+        for (si, p) in parts.into_iter().enumerate() {
             errors.extend(p.errors);
             subscriptions.push(p.data);
             vms.extend(p.vms);
+            for (i, k) in p.disk_keys.into_iter().enumerate() {
+                match disk_index.entry(k) {
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert((si, i));
+                    }
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        counted_twice |= e.get().0 != si;
+                    }
+                }
+            }
+            for k in p.snapshot_keys {
+                counted_twice |= !seen_snapshots.insert(k);
+            }
+            for (des, n) in p.des_usage {
+                *des_usage.entry(des).or_default() += n;
+            }
+        }
+        drop(seen_snapshots);
+        if counted_twice {
+            des_usage = count_des_usage(&subscriptions, &disk_index);
         }
         let sub_index = subscriptions
             .iter()
@@ -941,48 +1069,24 @@ impl Estate {
             .map(|(i, s)| (s.key.clone(), i))
             .collect();
 
-        let mut vault_details = HashMap::new();
-        let mut protection = HashMap::new();
-        for (vault_id, children) in &snap.vaults {
-            let vkey = norm(vault_id);
-            let storage_crr = single(
-                children.storage_config.as_ref(),
-                &mut errors,
-                |c: RawStorageConfig| {
-                    Ok(c.properties
-                        .and_then(|p| p.cross_region_restore_flag)
-                        .and_then(|f| f.get()))
-                },
-                vault_id,
-                "backup storage config",
-            );
-            let policies = listing(
-                children.policies.as_ref(),
-                vault_id,
-                "backup policies",
-                &mut errors,
-                policy_from,
-            );
-            let items = listing(
-                children.protected_items.as_ref(),
-                vault_id,
-                "protected items",
-                &mut errors,
-                item_from,
-            );
-            for item in &items.items {
+        // Vault children on every core, merged in the snapshot's order (the first vault that
+        // protects a VM is the one reported).
+        let vault_list: Vec<(&String, &VaultChildren<I>)> = snap.vaults.iter().collect();
+        let built = crate::par::map_chunks(&vault_list, crate::par::threads(), |chunk| {
+            (chunk.iter())
+                .map(|(id, children)| VaultPart::build(id, children))
+                .collect::<Vec<_>>()
+        });
+        let mut vault_details = HashMap::with_capacity(vault_list.len());
+        let mut protection: HashMap<String, (String, usize)> = HashMap::new();
+        for v in built.into_iter().flatten() {
+            errors.extend(v.errors);
+            for (vm_key, i) in v.protects {
                 protection
-                    .entry(norm(&item.vm_id))
-                    .or_insert_with(|| (vkey.clone(), item.clone()));
+                    .entry(vm_key)
+                    .or_insert_with(|| (v.key.clone(), i));
             }
-            vault_details.insert(
-                vkey,
-                VaultDetail {
-                    storage_crr,
-                    policies,
-                    items,
-                },
-            );
+            vault_details.insert(v.key, v.detail);
         }
 
         let mut kv_role_assignments = HashMap::new();
@@ -1061,30 +1165,6 @@ impl Estate {
 
         errors.extend(snap.errors.iter().cloned());
 
-        let disk_index = index_of(&subscriptions, |s| &s.disks, |d| norm(&d.id));
-        // Count each disk and snapshot once (a page served twice must not double a count),
-        // without keeping another copy of every id.
-        let mut des_usage: HashMap<String, usize> = HashMap::new();
-        let mut seen_snapshots = std::collections::HashSet::new();
-        for (si, s) in subscriptions.iter().enumerate() {
-            let disks = s
-                .disks
-                .items
-                .iter()
-                .enumerate()
-                .filter(|(di, d)| disk_index.get(&norm(&d.id)) == Some(&(si, *di)));
-            let snapshots = s
-                .snapshots
-                .items
-                .iter()
-                .filter(|d| seen_snapshots.insert(norm(&d.id)));
-            for d in disks.map(|(_, d)| d).chain(snapshots) {
-                for des in &d.des_ids {
-                    *des_usage.entry(norm(des)).or_default() += 1;
-                }
-            }
-        }
-        drop(seen_snapshots);
         let des_index = index_of(&subscriptions, |s| &s.des, |d| norm(&d.id));
         let vault_index = index_of(&subscriptions, |s| &s.vaults, |v| norm(&v.id));
         let kv_index = index_of(&subscriptions, |s| &s.key_vaults, |k| norm(&k.id));
@@ -1320,7 +1400,11 @@ impl Estate {
     }
 
     pub fn protection(&self, vm: &Vm) -> Protection<'_> {
-        if let Some((vkey, item)) = self.protection.get(&vm.key) {
+        let found = (self.protection.get(&vm.key)).and_then(|(vkey, i)| {
+            let item = self.vault_details.get(vkey)?.items.items.get(*i)?;
+            Some((vkey, item))
+        });
+        if let Some((vkey, item)) = found {
             let vault = match self.rs_vault(vkey) {
                 Lookup::Found(v) => Some(v),
                 _ => None,

@@ -60,6 +60,7 @@ pub fn streamed(
     workers: usize,
 ) -> std::io::Result<Option<Estate>> {
     let workers = workers.max(1);
+    let t = std::time::Instant::now();
     let (tx, rx) = sync_channel::<(usize, Vec<u8>)>(workers);
     let rx = Mutex::new(rx);
     let (split, parts) = std::thread::scope(|s| {
@@ -68,6 +69,7 @@ pub fn streamed(
             .collect();
         let split = split_top_level(r, |i, text| tx.send((i, text)).is_ok());
         drop(tx);
+        tracing::debug!("{name}: read and split in {:?}", t.elapsed());
         let mut parts = Vec::new();
         let mut ok = true;
         for h in handles {
@@ -79,6 +81,7 @@ pub fn streamed(
         }
         (split, ok.then_some(parts))
     });
+    tracing::debug!("{name}: subscriptions built in {:?}", t.elapsed());
     let (Some(rest), Some(mut parts)) = (split?, parts) else {
         return Ok(None);
     };
@@ -90,6 +93,7 @@ pub fn streamed(
         Ok(s) if s.subscriptions.is_empty() => s,
         _ => return Ok(None),
     };
+    tracing::debug!("{name}: the rest parsed in {:?}", t.elapsed());
     let parts = parts.into_iter().map(|(_, p)| p).collect();
     Ok(Some(Estate::from_parts(parts, &snap, principal)))
 }
