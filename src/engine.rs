@@ -1,13 +1,14 @@
 //! The rule engine: estate + settings + config policy -> report. Pure; no I/O.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use time::{Date, OffsetDateTime};
 
 use crate::armid;
 use crate::estate::{Estate, Vm};
-use crate::report::{verdict, Report, RuleResult, SubscriptionReport, VmReport, WaiverInfo};
-use crate::rules::{self, Cx, Finding, Outcome, RuleMeta, Settings, Severity};
+use crate::report::{verdict, Report, RuleResult, Said, SubscriptionReport, VmReport, WaiverInfo};
+use crate::rules::{self, Cx, Outcome, RuleMeta, Settings, Severity};
 
 /// From this many VMs on, evaluation uses every core.
 const PARALLEL_FROM: usize = 2048;
@@ -120,7 +121,12 @@ struct Applier<'a> {
 }
 
 impl Applier<'_> {
-    fn result(&mut self, meta: &'static RuleMeta, f: Finding, target_id: &str) -> RuleResult {
+    fn result(
+        &mut self,
+        meta: &'static RuleMeta,
+        (outcome, said): (Outcome, Arc<Said>),
+        target_id: &str,
+    ) -> RuleResult {
         let ov = self
             .policy
             .overrides
@@ -133,19 +139,19 @@ impl Applier<'_> {
                 meta,
                 severity,
                 outcome: Outcome::Skipped,
-                message: "disabled in config".into(),
-                evidence: Box::from("{}"),
-                remediation: None,
+                said: Arc::new(Said {
+                    message: "disabled in config".into(),
+                    evidence: Box::from("{}"),
+                    remediation: None,
+                }),
                 waiver: None,
             };
         }
         let mut r = RuleResult {
             meta,
             severity,
-            outcome: f.outcome,
-            evidence: f.evidence.into_boxed_str(),
-            message: f.message,
-            remediation: f.remediation,
+            outcome,
+            said,
             waiver: None,
         };
         if matches!(r.outcome, Outcome::Fail | Outcome::Unknown) {
@@ -183,19 +189,20 @@ pub fn evaluate(
         used: vec![false; policy.waivers.len()],
     };
 
-    // Subscription-scoped rules: once per subscription, reused for every VM.
-    let mut sub_findings: HashMap<String, Vec<(usize, Finding)>> = HashMap::new();
+    // Subscription-scoped rules: once per subscription, shared by every VM.
+    type Said2 = (Outcome, Arc<Said>);
+    let mut sub_findings: HashMap<String, Vec<(usize, Said2)>> = HashMap::new();
     let mut subscriptions = Vec::new();
     for s in estate
         .subscriptions
         .iter()
         .filter(|s| scope.subscription_in(&s.id))
     {
-        let findings: Vec<(usize, Finding)> = all
+        let findings: Vec<(usize, Said2)> = all
             .iter()
             .enumerate()
             .filter(|(_, r)| r.meta().subscription_scoped)
-            .map(|(i, r)| (i, r.check_subscription(&cx, &s.id)))
+            .map(|(i, r)| (i, Said::of(r.check_subscription(&cx, &s.id))))
             .collect();
         let target = format!("/subscriptions/{}", s.id);
         let results = findings
@@ -212,22 +219,27 @@ pub fn evaluate(
     }
 
     let in_scope: Vec<&Vm> = estate.vms.iter().filter(|v| scope.vm_in(v)).collect();
-    let evaluate_vm = |ap: &mut Applier, vm: &Vm| -> VmReport {
-        let pre = all[0].check_vm(&cx, vm);
+    // A rule that says its finding depends on less than the whole VM (`Rule::shared_by`) is
+    // evaluated once per distinct key and thread; the VMs share the words.
+    let evaluate_vm = |ap: &mut Applier, memo: &mut HashMap<(usize, String), Said2>, vm: &Vm| {
+        let pre = Said::of(all[0].check_vm(&cx, vm));
         let mut results = Vec::with_capacity(all.len());
-        let applicable = pre.outcome == Outcome::Pass;
+        let applicable = pre.0 == Outcome::Pass;
         results.push(ap.result(all[0].meta(), pre, &vm.id));
         if applicable {
             let cached = sub_findings.get(&vm.subscription_id.to_ascii_lowercase());
             for (i, rule) in all.iter().enumerate().skip(1) {
                 let meta = rule.meta();
-                let f = if meta.subscription_scoped {
-                    cached
-                        .and_then(|c| c.iter().find(|(j, _)| *j == i))
-                        .map(|(_, f)| f.clone())
-                        .unwrap_or_else(|| rule.check_vm(&cx, vm))
-                } else {
-                    rule.check_vm(&cx, vm)
+                let sub = cached
+                    .filter(|_| meta.subscription_scoped)
+                    .and_then(|c| c.iter().find(|(j, _)| *j == i));
+                let f = match (sub, rule.shared_by(&cx, vm)) {
+                    (Some((_, f)), _) => f.clone(),
+                    (None, Some(key)) => memo
+                        .entry((i, key))
+                        .or_insert_with(|| Said::of(rule.check_vm(&cx, vm)))
+                        .clone(),
+                    (None, None) => Said::of(rule.check_vm(&cx, vm)),
                 };
                 results.push(ap.result(meta, f, &vm.id));
             }
@@ -255,7 +267,10 @@ pub fn evaluate(
             policy,
             used: vec![false; policy.waivers.len()],
         };
-        let out: Vec<VmReport> = part.iter().map(|vm| evaluate_vm(&mut ap, vm)).collect();
+        let mut memo = HashMap::new();
+        let out: Vec<VmReport> = (part.iter())
+            .map(|vm| evaluate_vm(&mut ap, &mut memo, vm))
+            .collect();
         (out, ap.used)
     });
     let mut vms = Vec::with_capacity(in_scope.len());
@@ -288,5 +303,43 @@ pub fn evaluate(
             errors,
         },
         waiver_used: ap.used,
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A finding shared by several VMs (`Rule::shared_by`) is the one the rule gives each.
+    #[test]
+    fn shared_findings_are_what_each_vm_would_get() {
+        let settings = Settings::from_ruleset(&crate::ruleset::load("2026-01").unwrap());
+        let now = time::macros::datetime!(2026-11-28 20:00 UTC);
+        let policy = Policy::new(now.date());
+        let mut shared = 0;
+        for f in crate::rules::testutil::every_snapshot_file() {
+            let estate = crate::load::whole(&f, None).unwrap();
+            let cx = Cx {
+                estate: &estate,
+                settings: &settings,
+            };
+            let report = evaluate(&estate, &settings, &policy, &Scope::default(), now).report;
+            for vr in &report.vms {
+                let vm = estate.vms.iter().find(|v| v.id == vr.id).unwrap();
+                for r in &vr.results {
+                    let rule = rules::find(r.meta.name).unwrap();
+                    let (outcome, said) = Said::of(rule.check_vm(&cx, vm));
+                    assert_eq!(
+                        (r.outcome, &*r.said),
+                        (outcome, &*said),
+                        "{}: {} for {}",
+                        f.display(),
+                        r.meta.name,
+                        vm.name
+                    );
+                    shared += usize::from(Arc::strong_count(&r.said) > 1);
+                }
+            }
+        }
+        assert!(shared > 50, "only {shared} shared findings");
     }
 }

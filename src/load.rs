@@ -429,16 +429,7 @@ mod tests {
     /// a time) as loaded whole.
     #[test]
     fn streamed_and_whole_build_the_same_estate() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut files = vec![root.join("fixtures/demo.json")];
-        for rule in std::fs::read_dir(root.join("tests/fixtures/rules")).unwrap() {
-            let dir = rule.unwrap().path();
-            if dir.is_dir() {
-                for f in std::fs::read_dir(dir).unwrap() {
-                    files.push(f.unwrap().path());
-                }
-            }
-        }
+        let files = crate::rules::testutil::every_snapshot_file();
         let settings =
             crate::rules::Settings::from_ruleset(&crate::ruleset::load("2026-01").unwrap());
         let now = time::macros::datetime!(2026-11-28 20:00 UTC);

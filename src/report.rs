@@ -2,6 +2,7 @@
 //! are decided here and in the engine, never in a renderer.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -44,11 +45,42 @@ pub struct RuleResult {
     /// Effective severity after the config.
     pub severity: Severity,
     pub outcome: Outcome,
+    /// What the rule said: shared by every VM it was said for (see `Rule::shared_by`).
+    pub said: Arc<Said>,
+    pub waiver: Option<WaiverInfo>,
+}
+
+/// The words of a finding: message, evidence and fix.
+#[derive(Debug, PartialEq)]
+pub struct Said {
     pub message: Cow<'static, str>,
     /// The values the rule looked at: a compact JSON object (see `Finding::evidence`).
     pub evidence: Box<str>,
     pub remediation: Option<Remediation>,
-    pub waiver: Option<WaiverInfo>,
+}
+
+impl Said {
+    /// What a rule said, apart from its outcome.
+    pub fn of(f: crate::rules::Finding) -> (Outcome, Arc<Said>) {
+        let said = Said {
+            message: f.message,
+            evidence: f.evidence.into_boxed_str(),
+            remediation: f.remediation,
+        };
+        (f.outcome, Arc::new(said))
+    }
+}
+
+impl RuleResult {
+    pub fn message(&self) -> &str {
+        &self.said.message
+    }
+    pub fn evidence(&self) -> &str {
+        &self.said.evidence
+    }
+    pub fn remediation(&self) -> Option<&Remediation> {
+        self.said.remediation.as_ref()
+    }
 }
 
 #[derive(Debug, Clone)]

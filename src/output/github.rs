@@ -54,8 +54,8 @@ pub fn render(report: &Report) -> String {
             } else {
                 "fails"
             };
-            let mut msg = format!("VM {} ({}) {what}: {}", vm.name, vm.id, r.message);
-            if let Some(fix) = &r.remediation {
+            let mut msg = format!("VM {} ({}) {what}: {}", vm.name, vm.id, r.message());
+            if let Some(fix) = r.remediation() {
                 msg.push('\n');
                 msg.push_str(&super::fix_text(fix));
             }

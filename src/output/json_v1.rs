@@ -159,9 +159,9 @@ fn result(r: &RuleResult) -> ResultV1<'_> {
         reference: r.meta.reference,
         severity: r.severity.as_str(),
         outcome: r.outcome.as_str(),
-        message: &r.message,
-        evidence: EvidenceText(&r.evidence),
-        remediation: r.remediation.as_ref().map(|x| RemediationV1 {
+        message: r.message(),
+        evidence: EvidenceText(r.evidence()),
+        remediation: r.remediation().map(|x| RemediationV1 {
             text: &x.text,
             commands: &x.commands,
         }),
@@ -392,10 +392,10 @@ mod pretty {
         field(out, d, false, "ref", r.meta.reference);
         field(out, d, false, "severity", r.severity.as_str());
         field(out, d, false, "outcome", r.outcome.as_str());
-        field(out, d, false, "message", &r.message);
+        field(out, d, false, "message", r.message());
         key(out, d, false, "evidence");
-        out.extend_from_slice(r.evidence.as_bytes());
-        if let Some(fix) = &r.remediation {
+        out.extend_from_slice(r.evidence().as_bytes());
+        if let Some(fix) = r.remediation() {
             key(out, d, false, "remediation");
             out.push(b'{');
             field(out, d + 1, true, "text", &fix.text);
@@ -512,9 +512,13 @@ mod tests {
             expires: "2027-01-01".into(),
             original: crate::rules::Outcome::Fail,
         });
-        vm.results[1].remediation = Some(crate::rules::Remediation {
-            text: "résumé".into(),
-            commands: Vec::new(),
+        vm.results[1].said = std::sync::Arc::new(crate::report::Said {
+            message: "ünïcode \u{1f}".into(),
+            evidence: r#"{"k":[1,null,"\\"]}"#.into(),
+            remediation: Some(crate::rules::Remediation {
+                text: "résumé".into(),
+                commands: Vec::new(),
+            }),
         });
         odd.vms[1].results.clear();
         let (mut a, mut b) = (Vec::new(), Vec::new());

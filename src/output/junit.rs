@@ -20,16 +20,16 @@ use crate::rules::{Outcome, Severity};
 
 /// The body of a failure, error or skipped element: message, fix, commands, docs.
 fn body(r: &RuleResult) -> String {
-    let mut s = r.message.to_string();
+    let mut s = r.message().to_string();
     if let Some(w) = &r.waiver {
         s = format!(
             "{} (waived until {}: {})\n\n{}",
             w.original.as_str(),
             w.expires,
             w.reason,
-            r.message
+            r.message()
         );
-    } else if let Some(fix) = &r.remediation {
+    } else if let Some(fix) = r.remediation() {
         s.push_str("\n\n");
         s.push_str(&super::fix_text(fix));
     }
@@ -43,7 +43,7 @@ fn status(r: &RuleResult) -> TestCaseStatus {
         (Outcome::Pass, _) => return TestCaseStatus::success(),
         (Outcome::Fail, Severity::Precondition) => {
             let mut st = TestCaseStatus::skipped();
-            st.set_message(format!("not applicable: {}", r.message));
+            st.set_message(format!("not applicable: {}", r.message()));
             return st;
         }
         (Outcome::Fail, sev) => {
@@ -74,7 +74,7 @@ fn status(r: &RuleResult) -> TestCaseStatus {
             w.original.as_str(),
             w.reason
         ),
-        None => r.message.to_string(),
+        None => r.message().to_string(),
     };
     st.set_message(message);
     st.set_description(body(r));

@@ -101,14 +101,14 @@ pub fn render(report: &Report) -> String {
                         mark(r),
                         r.meta.reference,
                         r.meta.name,
-                        cell(&r.message)
+                        cell(r.message())
                     )
                 })
                 .collect::<Vec<_>>()
                 .join("<br>");
             let fixes = problems
                 .iter()
-                .map(|r| match &r.remediation {
+                .map(|r| match r.remediation() {
                     Some(f) => format!("{}: {}", r.meta.reference, cell(&f.text)),
                     None => format!("{}: see the rule's docs", r.meta.reference),
                 })
@@ -149,7 +149,7 @@ pub fn render(report: &Report) -> String {
                     r.meta.name,
                     r.severity.as_str(),
                     r.outcome.as_str(),
-                    esc(&r.message)
+                    esc(r.message())
                 ));
                 if let Some(w) = &r.waiver {
                     out.push_str(&format!(
@@ -160,7 +160,7 @@ pub fn render(report: &Report) -> String {
                     ));
                     continue;
                 }
-                if let Some(f) = &r.remediation {
+                if let Some(f) = r.remediation() {
                     out.push_str(&format!("  - fix: {}\n", esc(&f.text)));
                     if !f.commands.is_empty() {
                         out.push_str("\n    ```sh\n");

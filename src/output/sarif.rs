@@ -247,9 +247,12 @@ fn result(vm: &VmReport, r: &RuleResult, level: Level) -> SarifResult {
     };
     let mut text = format!(
         "{} {} {what} for VM {}: {}",
-        r.meta.reference, r.meta.name, vm.name, r.message
+        r.meta.reference,
+        r.meta.name,
+        vm.name,
+        r.message()
     );
-    if let Some(fix) = &r.remediation {
+    if let Some(fix) = r.remediation() {
         text.push_str("\nFix: ");
         text.push_str(&fix.text);
     }
@@ -285,7 +288,7 @@ fn result(vm: &VmReport, r: &RuleResult, level: Level) -> SarifResult {
             subscription_id: vm.subscription_id.clone(),
             resource_group: vm.resource_group.clone(),
             location: vm.location.clone(),
-            remediation: r.remediation.as_ref().map(|f| Remediation {
+            remediation: r.remediation().map(|f| Remediation {
                 text: f.text.clone(),
                 commands: f.commands.clone(),
             }),

@@ -100,7 +100,7 @@ pub fn render(report: &Report, color: bool) -> String {
                     paint(color, code, mark),
                     r.meta.reference,
                     r.meta.name,
-                    one_line(&r.message)
+                    one_line(r.message())
                 ));
                 if let Some(w) = &r.waiver {
                     out.push_str(&format!(
@@ -111,7 +111,7 @@ pub fn render(report: &Report, color: bool) -> String {
                     ));
                     continue;
                 }
-                if let Some(fix) = &r.remediation {
+                if let Some(fix) = r.remediation() {
                     out.push_str(&format!("       fix: {}\n", one_line(&fix.text)));
                     for c in &fix.commands {
                         out.push_str(&format!("         {} {}\n", paint(color, "2", "$"), c));

@@ -44,6 +44,12 @@ impl Rule for DesDiskLimit {
         &META
     }
 
+    /// The VM's confidential DES, subscription and region (the fix names the last two).
+    fn shared_by(&self, cx: &Cx, vm: &Vm) -> Option<String> {
+        let des = cvm_des(cx, vm).unwrap_or_default();
+        Some(format!("{des}\n{}\n{}", vm.subscription_id, vm.location))
+    }
+
     fn check_vm(&self, cx: &Cx, vm: &Vm) -> Finding {
         let Some(des) = cvm_des(cx, vm) else {
             return Finding::skipped("no confidential disk encryption set (platform-managed key)");

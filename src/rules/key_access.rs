@@ -302,6 +302,16 @@ impl Rule for KeyAccess {
         &META
     }
 
+    /// The VM's confidential DES; the VM's subscription and resource group only stand in
+    /// for a Key Vault's in a fix when its id lacks them.
+    fn shared_by(&self, cx: &Cx, vm: &Vm) -> Option<String> {
+        let des = super::des_disk_limit::cvm_des(cx, vm).unwrap_or_default();
+        Some(format!(
+            "{des}\n{}\n{}",
+            vm.subscription_id, vm.resource_group
+        ))
+    }
+
     fn check_vm(&self, cx: &Cx, vm: &Vm) -> Finding {
         let Some(des_id) = super::des_disk_limit::cvm_des(cx, vm) else {
             return Finding::pass("platform-managed key: no customer-managed key to grant")

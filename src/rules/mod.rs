@@ -187,6 +187,13 @@ pub trait Rule: Sync {
     fn check_vm(&self, cx: &Cx, vm: &Vm) -> Finding {
         self.check_subscription(cx, &vm.subscription_id)
     }
+    /// When the finding for `vm` depends on less than the whole VM: a key such that every VM
+    /// with the same key gets the same finding (given the estate and settings), so the engine
+    /// evaluates the rule once per key. `None` (the default): once per VM.
+    fn shared_by(&self, cx: &Cx, vm: &Vm) -> Option<String> {
+        let _ = (cx, vm);
+        None
+    }
     /// Evaluate for one subscription (only subscription-scoped rules).
     fn check_subscription(&self, cx: &Cx, subscription_id: &str) -> Finding {
         let _ = (cx, subscription_id);

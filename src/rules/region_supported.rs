@@ -27,6 +27,11 @@ impl Rule for RegionSupported {
         &META
     }
 
+    /// Only the VM's region matters.
+    fn shared_by(&self, _cx: &Cx, vm: &Vm) -> Option<String> {
+        Some(vm.location.clone())
+    }
+
     fn check_vm(&self, cx: &Cx, vm: &Vm) -> Finding {
         let regions = &cx.settings.regions;
         let supported = regions

@@ -163,3 +163,19 @@ pub fn assert_unique_keys(json: &str, what: &str) {
         "{what}: duplicate evidence keys in {json}"
     );
 }
+
+/// `fixtures/demo.json` and every per-rule fixture.
+pub fn every_snapshot_file() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("fixtures/demo.json")];
+    for rule in std::fs::read_dir(root.join("tests/fixtures/rules")).unwrap() {
+        let dir = rule.unwrap().path();
+        if dir.is_dir() {
+            for f in std::fs::read_dir(dir).unwrap() {
+                files.push(f.unwrap().path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
