@@ -304,6 +304,16 @@ impl RawItem for &RawValue {
     }
 }
 
+/// An item's JSON text, as bytes (the streaming loader's form).
+#[derive(Debug, Clone, Copy)]
+pub struct ItemText<'a>(pub &'a [u8]);
+
+impl RawItem for ItemText<'_> {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_slice(self.0).map_err(|e| e.to_string())
+    }
+}
+
 impl RawItem for Box<RawValue> {
     fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
         serde_json::from_str(self.get()).map_err(|e| e.to_string())

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use serde_json::value::RawValue;
 
-use crate::estate::{Estate, SubscriptionPart};
+use crate::estate::{Estate, ItemText, SubscriptionPart};
 use crate::snapshot::{self, Snapshot, SnapshotError, SubscriptionSnapshot};
 
 /// Bytes read from the file at a time.
@@ -61,7 +61,7 @@ pub fn streamed(
 ) -> std::io::Result<Option<Estate>> {
     let workers = workers.max(1);
     let t = std::time::Instant::now();
-    let (tx, rx) = sync_channel::<(usize, Vec<u8>)>(workers);
+    let (tx, rx) = sync_channel::<(usize, Element)>(workers);
     let rx = Mutex::new(rx);
     let (split, parts) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -98,10 +98,16 @@ pub fn streamed(
     Ok(Some(Estate::from_parts(parts, &snap, principal)))
 }
 
-/// A worker: parses and builds subscriptions until the splitter is done. `None` as soon as one
-/// does not parse or validate (the other workers still drain the channel).
+/// One element of `subscriptions`: its text, and where each raw item is in it.
+struct Element {
+    text: Vec<u8>,
+    items: SubscriptionSnapshot<(usize, usize)>,
+}
+
+/// A worker: builds subscriptions until the splitter is done. `None` as soon as one does not
+/// validate (the other workers still drain the channel).
 fn build_parts(
-    rx: &Mutex<Receiver<(usize, Vec<u8>)>>,
+    rx: &Mutex<Receiver<(usize, Element)>>,
     name: &str,
 ) -> Option<Vec<(usize, SubscriptionPart)>> {
     let mut out = Vec::new();
@@ -112,15 +118,16 @@ fn build_parts(
             Ok(r) => r.recv(),
             Err(_) => return None,
         };
-        let Ok((i, text)) = next else { break };
+        let Ok((i, el)) = next else { break };
         if !ok {
             continue;
         }
-        match serde_json::from_slice::<SubscriptionSnapshot<&RawValue>>(&text) {
-            Ok(sub) if snapshot::validate_subscription(i, &sub, name).is_ok() => {
-                out.push((i, SubscriptionPart::build(&sub)));
-            }
-            _ => ok = false,
+        let text = &el.text;
+        let sub = el.items.map_items(|(a, b)| ItemText(&text[a..b]));
+        if snapshot::validate_subscription(i, &sub, name).is_ok() {
+            out.push((i, SubscriptionPart::build(&sub)));
+        } else {
+            ok = false;
         }
     }
     ok.then_some(out)
@@ -132,7 +139,7 @@ fn build_parts(
 /// refused an element.
 fn split_top_level(
     r: impl Read,
-    mut each: impl FnMut(usize, Vec<u8>) -> bool,
+    mut each: impl FnMut(usize, Element) -> bool,
 ) -> std::io::Result<Option<Vec<u8>>> {
     let mut src = Source::new(r);
     let mut rest = b"{".to_vec();
@@ -191,10 +198,10 @@ fn split_top_level(
                     _ => return Ok(None),
                 }
                 src.skip_ws()?;
-                let Some(text) = src.value()? else {
+                let Some(el) = src.subscription()? else {
                     return Ok(None);
                 };
-                if !each(i, text) {
+                if !each(i, el) {
                     return Ok(None);
                 }
                 i += 1;
@@ -283,20 +290,52 @@ impl<R: Read> Source<R> {
                         self.pos = end;
                         return Ok(Some(v));
                     }
-                    Some(Err(e)) if e.is_eof() && !self.eof => {
-                        self.buf.drain(..self.pos);
-                        self.pos = 0;
-                        let held = self.buf.len();
-                        while !self.eof && self.buf.len() < 2 * held.max(CHUNK) {
-                            self.read_more()?;
-                        }
-                    }
+                    Some(Err(e)) if e.is_eof() && !self.eof => self.read_on()?,
                     _ => return Ok(None),
                 }
             },
             b'}' | b']' | b',' | b':' => Ok(None),
             _ => self.scalar(first == b'"'),
         }
+    }
+
+    /// An element of `subscriptions`, parsed where it lies with its items kept as raw text, so
+    /// the worker that builds it only reads each item once more, into its typed record.
+    fn subscription(&mut self) -> std::io::Result<Option<Element>> {
+        if self.buf.get(self.pos) != Some(&b'{') {
+            return Ok(None);
+        }
+        loop {
+            let text = &self.buf[self.pos..];
+            let base = text.as_ptr() as usize;
+            let mut values = serde_json::Deserializer::from_slice(text)
+                .into_iter::<SubscriptionSnapshot<&RawValue>>();
+            match values.next() {
+                Some(Ok(sub)) => {
+                    let end = values.byte_offset();
+                    let items = sub.map_items(|raw| {
+                        let start = raw.get().as_ptr() as usize - base;
+                        (start, start + raw.get().len())
+                    });
+                    let text = text[..end].to_vec();
+                    self.pos += end;
+                    return Ok(Some(Element { text, items }));
+                }
+                Some(Err(e)) if e.is_eof() && !self.eof => self.read_on()?,
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Drops what has been consumed and reads on, at least doubling what is held.
+    fn read_on(&mut self) -> std::io::Result<()> {
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        let held = self.buf.len();
+        while !self.eof && self.buf.len() < 2 * held.max(CHUNK) {
+            self.read_more()?;
+        }
+        Ok(())
     }
 
     /// A string or other scalar (keys, numbers, literals): short, scanned by hand.
@@ -366,9 +405,9 @@ mod tests {
 
     fn split(text: &[u8]) -> Option<(Vec<String>, String)> {
         let mut subs = Vec::new();
-        let rest = split_top_level(text, |i, t| {
+        let rest = split_top_level(text, |i, el| {
             assert_eq!(i, subs.len());
-            subs.push(String::from_utf8(t).unwrap());
+            subs.push(String::from_utf8(el.text).unwrap());
             true
         })
         .unwrap()?;
@@ -377,9 +416,15 @@ mod tests {
 
     #[test]
     fn splits_subscriptions_from_the_rest() {
-        let doc = br#" { "schema" : "cvm-backup/snapshot/v1", "subscriptions" : [ {"a":"x\"}]"} , {"b":[1,{"c":"\\"}]} ], "vaults": {"v": {"k": "]}"}}, "n": -1.5e3 , "t":true } "#;
+        let doc = br#" { "schema" : "cvm-backup/snapshot/v1", "subscriptions" : [ {"subscription_id":"x\"}]"} , {"b":[1,{"c":"\\"}],"subscription_id":"y"} ], "vaults": {"v": {"k": "]}"}}, "n": -1.5e3 , "t":true } "#;
         let (subs, rest) = split(doc).unwrap();
-        assert_eq!(subs, [r#"{"a":"x\"}]"}"#, r#"{"b":[1,{"c":"\\"}]}"#]);
+        assert_eq!(
+            subs,
+            [
+                r#"{"subscription_id":"x\"}]"}"#,
+                r#"{"b":[1,{"c":"\\"}],"subscription_id":"y"}"#
+            ]
+        );
         assert_eq!(
             rest,
             r#"{"schema":"cvm-backup/snapshot/v1","subscriptions":[],"vaults":{"v": {"k": "]}"}},"n":-1.5e3,"t":true}"#
@@ -410,15 +455,23 @@ mod tests {
     /// Values cut at every chunk boundary: the splitter reads on and keeps the text whole.
     #[test]
     fn values_across_chunk_boundaries() {
-        let doc = br#"{"subscriptions":[{"a":"\\\"]}","b":[[[]]]},"s"],"x":"\u0041"}"#;
+        let doc = br#"{"subscriptions":[{"a":"\\\"]}","b":[[[]]],"subscription_id":"s","disks":{"value":[{"id":"d\"]"}, 7]}}],"x":"\u0041"}"#;
         let mut subs = Vec::new();
-        let rest = split_top_level(Trickle(doc, 3), |_, t| {
-            subs.push(String::from_utf8(t).unwrap());
+        let rest = split_top_level(Trickle(doc, 3), |_, el| {
+            let items = el.items.map_items(|(a, b)| el.text[a..b].to_vec());
+            let disks = items.disks.unwrap().value.unwrap();
+            assert_eq!(disks, [br#"{"id":"d\"]"}"#.to_vec(), b"7".to_vec()]);
+            subs.push(String::from_utf8(el.text).unwrap());
             true
         })
         .unwrap()
         .unwrap();
-        assert_eq!(subs, [r#"{"a":"\\\"]}","b":[[[]]]}"#, r#""s""#]);
+        assert_eq!(
+            subs,
+            [
+                r#"{"a":"\\\"]}","b":[[[]]],"subscription_id":"s","disks":{"value":[{"id":"d\"]"}, 7]}}"#
+            ]
+        );
         assert_eq!(
             String::from_utf8(rest).unwrap(),
             r#"{"subscriptions":[],"x":"\u0041"}"#

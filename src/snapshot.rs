@@ -73,6 +73,13 @@ impl<I> ListRead<I> {
     pub fn items(&self) -> &[I] {
         self.value.as_deref().unwrap_or(&[])
     }
+    /// The same read with every item turned into another form.
+    pub fn map_items<J>(self, f: &mut impl FnMut(I) -> J) -> ListRead<J> {
+        ListRead {
+            value: self.value.map(|v| v.into_iter().map(f).collect()),
+            error: self.error,
+        }
+    }
 }
 
 impl ListRead {
@@ -107,6 +114,17 @@ impl<I> Default for SingleRead<I> {
             value: None,
             not_found: false,
             error: None,
+        }
+    }
+}
+
+impl<I> SingleRead<I> {
+    /// The same read with its value turned into another form.
+    pub fn map_items<J>(self, f: &mut impl FnMut(I) -> J) -> SingleRead<J> {
+        SingleRead {
+            value: self.value.map(f),
+            not_found: self.not_found,
+            error: self.error,
         }
     }
 }
@@ -211,6 +229,28 @@ impl<I> Default for SubscriptionSnapshot<I> {
             key_vaults: None,
             managed_hsms: None,
             features: BTreeMap::new(),
+        }
+    }
+}
+
+impl<I> SubscriptionSnapshot<I> {
+    /// The same subscription with every item turned into another form.
+    pub fn map_items<J>(self, mut f: impl FnMut(I) -> J) -> SubscriptionSnapshot<J> {
+        let f = &mut f;
+        SubscriptionSnapshot {
+            subscription_id: self.subscription_id,
+            display_name: self.display_name,
+            error: self.error,
+            virtual_machines: self.virtual_machines.map(|l| l.map_items(f)),
+            disks: self.disks.map(|l| l.map_items(f)),
+            snapshots: self.snapshots.map(|l| l.map_items(f)),
+            disk_encryption_sets: self.disk_encryption_sets.map(|l| l.map_items(f)),
+            recovery_services_vaults: self.recovery_services_vaults.map(|l| l.map_items(f)),
+            key_vaults: self.key_vaults.map(|l| l.map_items(f)),
+            managed_hsms: self.managed_hsms.map(|l| l.map_items(f)),
+            features: (self.features.into_iter())
+                .map(|(k, v)| (k, v.map_items(f)))
+                .collect(),
         }
     }
 }
