@@ -965,7 +965,7 @@ impl SubscriptionPart {
 }
 
 /// One vault's children as typed records, with the VMs it protects (`(VM key, item index)`).
-struct VaultPart {
+pub struct VaultPart {
     key: String,
     detail: VaultDetail,
     protects: Vec<(String, usize)>,
@@ -973,7 +973,7 @@ struct VaultPart {
 }
 
 impl VaultPart {
-    fn build<I: RawItem>(vault_id: &str, children: &VaultChildren<I>) -> VaultPart {
+    pub fn build<I: RawItem>(vault_id: &str, children: &VaultChildren<I>) -> VaultPart {
         let mut errors = Vec::new();
         let storage_crr = single(
             children.storage_config.as_ref(),
@@ -1027,13 +1027,14 @@ impl Estate {
             .iter()
             .map(SubscriptionPart::build)
             .collect();
-        Self::from_parts(parts, snap, principal_override)
+        Self::from_parts(parts, None, snap, principal_override)
     }
 
     /// Builds the estate from subscriptions built on their own (in `snap.subscriptions`' order,
     /// which is ignored here) and the rest of the snapshot: vault children, role data, HSMs.
     pub fn from_parts<I: RawItem>(
         parts: Vec<SubscriptionPart>,
+        vault_parts: Option<Vec<VaultPart>>,
         snap: &Snapshot<I>,
         principal_override: Option<&str>,
     ) -> Estate {
@@ -1079,17 +1080,20 @@ impl Estate {
             .map(|(i, s)| (s.key.clone(), i))
             .collect();
 
-        // Vault children on every core, merged in the snapshot's order (the first vault that
-        // protects a VM is the one reported).
-        let vault_list: Vec<(&String, &VaultChildren<I>)> = snap.vaults.iter().collect();
-        let built = crate::par::map_chunks(&vault_list, crate::par::threads(), |chunk| {
-            (chunk.iter())
-                .map(|(id, children)| VaultPart::build(id, children))
-                .collect::<Vec<_>>()
+        // Vault children on every core (unless built already), merged in the snapshot's order
+        // (the first vault that protects a VM is the one reported).
+        let built = vault_parts.unwrap_or_else(|| {
+            let vault_list: Vec<(&String, &VaultChildren<I>)> = snap.vaults.iter().collect();
+            let chunks = crate::par::map_chunks(&vault_list, crate::par::threads(), |chunk| {
+                (chunk.iter())
+                    .map(|(id, children)| VaultPart::build(id, children))
+                    .collect::<Vec<_>>()
+            });
+            chunks.into_iter().flatten().collect()
         });
-        let mut vault_details = HashMap::with_capacity(vault_list.len());
+        let mut vault_details = HashMap::with_capacity(built.len());
         let mut protection: HashMap<String, (String, usize)> = HashMap::new();
-        for v in built.into_iter().flatten() {
+        for v in built {
             errors.extend(v.errors);
             for (vm_key, i) in v.protects {
                 protection

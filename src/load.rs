@@ -18,13 +18,13 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, Sender};
 use std::sync::Mutex;
 
 use serde_json::value::RawValue;
 
-use crate::estate::{Estate, ItemText, SubscriptionPart};
-use crate::snapshot::{self, Snapshot, SnapshotError, SubscriptionSnapshot};
+use crate::estate::{Estate, ItemText, SubscriptionPart, VaultPart};
+use crate::snapshot::{self, Snapshot, SnapshotError, SubscriptionSnapshot, VaultChildren};
 
 /// Bytes read from the file at a time.
 const CHUNK: usize = 16 << 20;
@@ -61,56 +61,95 @@ pub fn streamed(
 ) -> std::io::Result<Option<Estate>> {
     let workers = workers.max(1);
     let t = std::time::Instant::now();
-    let (tx, rx) = sync_channel::<(usize, Element)>(workers);
+    let (tx, rx) = sync_channel::<Job>(workers);
     let rx = Mutex::new(rx);
-    let (split, parts) = std::thread::scope(|s| {
+    // Texts go back to the splitter to be filled again: a few buffers reused instead of fresh
+    // pages for every subscription.
+    let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (split, built) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
-            .map(|_| s.spawn(|| build_parts(&rx, name)))
+            .map(|_| {
+                let spare = spare_tx.clone();
+                let rx = &rx;
+                s.spawn(move || build_parts(rx, &spare, name))
+            })
             .collect();
-        let split = split_top_level(r, |i, text| tx.send((i, text)).is_ok());
+        let spare = || spare_rx.try_recv().unwrap_or_default();
+        let split = split_top_level(r, spare, |job| tx.send(job).is_ok());
         drop(tx);
         tracing::debug!("{name}: read and split in {:?}", t.elapsed());
-        let mut parts = Vec::new();
+        let mut built = Built::default();
         let mut ok = true;
         for h in handles {
             match h.join() {
-                Ok(Some(p)) => parts.extend(p),
+                Ok(Some(b)) => {
+                    built.subscriptions.extend(b.subscriptions);
+                    built.vaults.extend(b.vaults);
+                }
                 Ok(None) => ok = false,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        (split, ok.then_some(parts))
+        (split, ok.then_some(built))
     });
-    tracing::debug!("{name}: subscriptions built in {:?}", t.elapsed());
-    let (Some(rest), Some(mut parts)) = (split?, parts) else {
+    tracing::debug!(
+        "{name}: subscriptions and vaults built in {:?}",
+        t.elapsed()
+    );
+    let (Some(rest), Some(mut built)) = (split?, built) else {
         return Ok(None);
     };
-    parts.sort_unstable_by_key(|(i, _)| *i);
-    if parts.iter().enumerate().any(|(n, (i, _))| n != *i) {
+    built.subscriptions.sort_unstable_by_key(|(i, _)| *i);
+    if (built.subscriptions.iter().enumerate()).any(|(n, (i, _))| n != *i) {
+        return Ok(None);
+    }
+    // The vaults in the order of the snapshot's map: by id (a repeated id is left to the whole
+    // document path, which keeps the last one).
+    built.vaults.sort_by(|a, b| a.0.cmp(&b.0));
+    if built.vaults.windows(2).any(|w| w[0].0 == w[1].0) {
         return Ok(None);
     }
     let snap: Snapshot<&RawValue> = match Snapshot::parse_borrowed(&rest, name) {
-        Ok(s) if s.subscriptions.is_empty() => s,
+        Ok(s) if s.subscriptions.is_empty() && s.vaults.is_empty() => s,
         _ => return Ok(None),
     };
     tracing::debug!("{name}: the rest parsed in {:?}", t.elapsed());
-    let parts = parts.into_iter().map(|(_, p)| p).collect();
-    Ok(Some(Estate::from_parts(parts, &snap, principal)))
+    let subscriptions = built.subscriptions.into_iter().map(|(_, p)| p).collect();
+    let vaults = built.vaults.into_iter().map(|(_, p)| p).collect();
+    Ok(Some(Estate::from_parts(
+        subscriptions,
+        Some(vaults),
+        &snap,
+        principal,
+    )))
 }
 
-/// One element of `subscriptions`: its text, and where each raw item is in it.
-struct Element {
+/// A text and where each raw item is in it.
+struct Element<T> {
     text: Vec<u8>,
-    items: SubscriptionSnapshot<(usize, usize)>,
+    items: T,
 }
 
-/// A worker: builds subscriptions until the splitter is done. `None` as soon as one does not
-/// validate (the other workers still drain the channel).
-fn build_parts(
-    rx: &Mutex<Receiver<(usize, Element)>>,
-    name: &str,
-) -> Option<Vec<(usize, SubscriptionPart)>> {
-    let mut out = Vec::new();
+type Span = (usize, usize);
+
+/// What the splitter hands to the workers.
+enum Job {
+    /// `subscriptions[i]`.
+    Subscription(usize, Box<Element<SubscriptionSnapshot<Span>>>),
+    /// `vaults[id]`.
+    Vault(String, Box<Element<VaultChildren<Span>>>),
+}
+
+#[derive(Default)]
+struct Built {
+    subscriptions: Vec<(usize, SubscriptionPart)>,
+    vaults: Vec<(String, VaultPart)>,
+}
+
+/// A worker: builds subscriptions and vaults until the splitter is done. `None` as soon as a
+/// subscription does not validate (the other workers still drain the channel).
+fn build_parts(rx: &Mutex<Receiver<Job>>, spare: &Sender<Vec<u8>>, name: &str) -> Option<Built> {
+    let mut out = Built::default();
     let mut ok = true;
     loop {
         // A poisoned lock means another worker panicked; that panic is re-raised on join.
@@ -118,108 +157,156 @@ fn build_parts(
             Ok(r) => r.recv(),
             Err(_) => return None,
         };
-        let Ok((i, el)) = next else { break };
-        if !ok {
-            continue;
-        }
-        let text = &el.text;
-        let sub = el.items.map_items(|(a, b)| ItemText(&text[a..b]));
-        if snapshot::validate_subscription(i, &sub, name).is_ok() {
-            out.push((i, SubscriptionPart::build(&sub)));
-        } else {
-            ok = false;
-        }
+        let Ok(job) = next else { break };
+        let text = match job {
+            _ if !ok => continue,
+            Job::Subscription(i, el) => {
+                let Element { text, items } = *el;
+                let sub = items.map_items(|(a, b)| ItemText(&text[a..b]));
+                if snapshot::validate_subscription(i, &sub, name).is_ok() {
+                    out.subscriptions.push((i, SubscriptionPart::build(&sub)));
+                } else {
+                    ok = false;
+                }
+                drop(sub);
+                text
+            }
+            Job::Vault(id, el) => {
+                let Element { text, items } = *el;
+                let children = items.map_items(|(a, b)| ItemText(&text[a..b]));
+                let part = VaultPart::build(&id, &children);
+                out.vaults.push((id, part));
+                drop(children);
+                text
+            }
+        };
+        // The splitter may have finished: then the buffer is simply dropped.
+        let _ = spare.send(text);
     }
     ok.then_some(out)
 }
 
-/// Reads the top-level object from `r`, hands each element of `subscriptions` to `each` (with
-/// its index) and returns the other members as one JSON object with `"subscriptions": []`.
-/// `Ok(None)` when the document is not an object of that shape, is truncated, or `each`
-/// refused an element.
+/// Reads the top-level object from `r`, hands each element of `subscriptions` and each entry of
+/// `vaults` to `each`, and returns the other members as one JSON object (with `"subscriptions":
+/// []` and `"vaults": {}`). `Ok(None)` when the document is not an object of that shape, is
+/// truncated, or `each` refused a job.
 fn split_top_level(
     r: impl Read,
-    mut each: impl FnMut(usize, Element) -> bool,
+    spare: impl FnMut() -> Vec<u8>,
+    each: impl FnMut(Job) -> bool,
 ) -> std::io::Result<Option<Vec<u8>>> {
+    match split(r, spare, each) {
+        Ok(rest) => Ok(Some(rest)),
+        Err(Stop::Refused) => Ok(None),
+        Err(Stop::Io(e)) => Err(e),
+    }
+}
+
+/// Why the splitter stopped early.
+enum Stop {
+    /// Not a snapshot it can take (the whole-document path says why).
+    Refused,
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Stop {
+    fn from(e: std::io::Error) -> Self {
+        Stop::Io(e)
+    }
+}
+
+fn split(
+    r: impl Read,
+    mut spare: impl FnMut() -> Vec<u8>,
+    mut each: impl FnMut(Job) -> bool,
+) -> Result<Vec<u8>, Stop> {
     let mut src = Source::new(r);
     let mut rest = b"{".to_vec();
-    let mut seen_subscriptions = false;
+    let (mut seen_subscriptions, mut seen_vaults) = (false, false);
     if src.skip_ws()? != Some(b'{') {
-        return Ok(None);
+        return Err(Stop::Refused);
     }
     src.pos += 1;
     let mut first = true;
-    loop {
-        match src.skip_ws()? {
-            Some(b'}') => {
-                src.pos += 1;
-                break;
-            }
-            Some(b',') if !first => {
-                src.pos += 1;
-                src.skip_ws()?;
-            }
-            Some(_) if first => {}
-            _ => return Ok(None),
-        }
-        first = false;
-        let Some(key) = src.value()? else {
-            return Ok(None);
-        };
-        let Ok(key_text) = serde_json::from_slice::<String>(&key) else {
-            return Ok(None);
-        };
-        if src.skip_ws()? != Some(b':') {
-            return Ok(None);
-        }
-        src.pos += 1;
+    while let Some(key) = src.next_member(&mut first)? {
         if rest.len() > 1 {
             rest.push(b',');
         }
-        rest.extend_from_slice(&key);
+        rest.extend_from_slice(&key.0);
         rest.push(b':');
-        if key_text == "subscriptions" {
-            if seen_subscriptions || src.skip_ws()? != Some(b'[') {
-                return Ok(None);
-            }
-            seen_subscriptions = true;
-            src.pos += 1;
-            let mut i = 0;
-            loop {
-                match src.skip_ws()? {
-                    Some(b']') => {
-                        src.pos += 1;
-                        break;
-                    }
-                    Some(b',') if i > 0 => {
-                        src.pos += 1;
-                    }
-                    Some(_) if i == 0 => {}
-                    _ => return Ok(None),
+        match key.1.as_str() {
+            "subscriptions" if !seen_subscriptions => {
+                seen_subscriptions = true;
+                if src.skip_ws()? != Some(b'[') {
+                    return Err(Stop::Refused);
                 }
-                src.skip_ws()?;
-                let Some(el) = src.subscription()? else {
-                    return Ok(None);
-                };
-                if !each(i, el) {
-                    return Ok(None);
+                src.pos += 1;
+                let mut i = 0;
+                while src.next_element(i == 0)? {
+                    let el = src.element(spare(), subscription_spans)?;
+                    if !each(Job::Subscription(i, Box::new(el))) {
+                        return Err(Stop::Refused);
+                    }
+                    i += 1;
                 }
-                i += 1;
+                rest.extend_from_slice(b"[]");
             }
-            rest.extend_from_slice(b"[]");
-        } else {
-            src.skip_ws()?;
-            let Some(v) = src.value()? else {
-                return Ok(None);
-            };
-            rest.extend_from_slice(&v);
+            "vaults" if !seen_vaults => {
+                seen_vaults = true;
+                if src.skip_ws()? != Some(b'{') {
+                    return Err(Stop::Refused);
+                }
+                src.pos += 1;
+                let mut first = true;
+                while let Some((_, id)) = src.next_member(&mut first)? {
+                    let el = src.element(spare(), vault_spans)?;
+                    if !each(Job::Vault(id, Box::new(el))) {
+                        return Err(Stop::Refused);
+                    }
+                }
+                rest.extend_from_slice(b"{}");
+            }
+            "subscriptions" | "vaults" => return Err(Stop::Refused),
+            _ => rest.extend_from_slice(&src.value()?.ok_or(Stop::Refused)?),
         }
     }
     if src.skip_ws()?.is_some() {
-        return Ok(None);
+        return Err(Stop::Refused);
     }
     rest.push(b'}');
-    Ok(Some(rest))
+    Ok(rest)
+}
+
+fn subscription_spans(
+    text: &[u8],
+) -> Result<(SubscriptionSnapshot<Span>, usize), serde_json::Error> {
+    parse_where_it_lies(text, |s: SubscriptionSnapshot<&RawValue>, f| s.map_items(f))
+}
+
+fn vault_spans(text: &[u8]) -> Result<(VaultChildren<Span>, usize), serde_json::Error> {
+    parse_where_it_lies(text, |v: VaultChildren<&RawValue>, f| v.map_items(f))
+}
+
+/// Parses the value at the start of `text` as `T` with its items borrowed, and turns those into
+/// their positions in `text`. Also returns where the value ends.
+fn parse_where_it_lies<'a, T: serde::Deserialize<'a>, U>(
+    text: &'a [u8],
+    to_spans: impl FnOnce(T, &mut dyn FnMut(&'a RawValue) -> Span) -> U,
+) -> Result<(U, usize), serde_json::Error> {
+    let base = text.as_ptr() as usize;
+    let mut values = serde_json::Deserializer::from_slice(text).into_iter::<T>();
+    match values.next() {
+        Some(Ok(t)) => {
+            let end = values.byte_offset();
+            let mut span = |raw: &'a RawValue| {
+                let start = raw.get().as_ptr() as usize - base;
+                (start, start + raw.get().len())
+            };
+            Ok((to_spans(t, &mut span), end))
+        }
+        Some(Err(e)) => Err(e),
+        None => Err(serde::de::Error::custom("no value")),
+    }
 }
 
 /// The file, read a chunk at a time; `buf[pos..]` is what has been read and not consumed.
@@ -299,32 +386,70 @@ impl<R: Read> Source<R> {
         }
     }
 
-    /// An element of `subscriptions`, parsed where it lies with its items kept as raw text, so
-    /// the worker that builds it only reads each item once more, into its typed record.
-    fn subscription(&mut self) -> std::io::Result<Option<Element>> {
+    /// The value at `pos`, parsed where it lies by `parse` (which says where it ends), and
+    /// copied into `out`.
+    fn element<U>(
+        &mut self,
+        mut out: Vec<u8>,
+        parse: impl Fn(&[u8]) -> Result<(U, usize), serde_json::Error>,
+    ) -> Result<Element<U>, Stop> {
         if self.buf.get(self.pos) != Some(&b'{') {
-            return Ok(None);
+            return Err(Stop::Refused);
         }
         loop {
-            let text = &self.buf[self.pos..];
-            let base = text.as_ptr() as usize;
-            let mut values = serde_json::Deserializer::from_slice(text)
-                .into_iter::<SubscriptionSnapshot<&RawValue>>();
-            match values.next() {
-                Some(Ok(sub)) => {
-                    let end = values.byte_offset();
-                    let items = sub.map_items(|raw| {
-                        let start = raw.get().as_ptr() as usize - base;
-                        (start, start + raw.get().len())
-                    });
-                    let text = text[..end].to_vec();
+            match parse(&self.buf[self.pos..]) {
+                Ok((items, end)) => {
+                    out.clear();
+                    out.extend_from_slice(&self.buf[self.pos..self.pos + end]);
                     self.pos += end;
-                    return Ok(Some(Element { text, items }));
+                    return Ok(Element { text: out, items });
                 }
-                Some(Err(e)) if e.is_eof() && !self.eof => self.read_on()?,
-                _ => return Ok(None),
+                Err(e) if e.is_eof() && !self.eof => self.read_on()?,
+                Err(_) => return Err(Stop::Refused),
             }
         }
+    }
+
+    /// Past the separator before the next member of an object: its key (as text and as read),
+    /// with the `:` consumed; `None` after the closing brace. Clears `first`.
+    fn next_member(&mut self, first: &mut bool) -> Result<Option<(Vec<u8>, String)>, Stop> {
+        match self.skip_ws()? {
+            Some(b'}') => {
+                self.pos += 1;
+                return Ok(None);
+            }
+            Some(b',') if !*first => {
+                self.pos += 1;
+                self.skip_ws()?;
+            }
+            Some(_) if *first => {}
+            _ => return Err(Stop::Refused),
+        }
+        *first = false;
+        let key = self.value()?.ok_or(Stop::Refused)?;
+        let text = serde_json::from_slice::<String>(&key).map_err(|_| Stop::Refused)?;
+        if self.skip_ws()? != Some(b':') {
+            return Err(Stop::Refused);
+        }
+        self.pos += 1;
+        self.skip_ws()?;
+        Ok(Some((key, text)))
+    }
+
+    /// Past the separator before the next element of an array: `false` after the closing
+    /// bracket.
+    fn next_element(&mut self, first: bool) -> Result<bool, Stop> {
+        match self.skip_ws()? {
+            Some(b']') => {
+                self.pos += 1;
+                return Ok(false);
+            }
+            Some(b',') if !first => self.pos += 1,
+            Some(_) if first => {}
+            _ => return Err(Stop::Refused),
+        }
+        self.skip_ws()?;
+        Ok(true)
     }
 
     /// Drops what has been consumed and reads on, at least doubling what is held.
@@ -405,9 +530,16 @@ mod tests {
 
     fn split(text: &[u8]) -> Option<(Vec<String>, String)> {
         let mut subs = Vec::new();
-        let rest = split_top_level(text, |i, el| {
-            assert_eq!(i, subs.len());
-            subs.push(String::from_utf8(el.text).unwrap());
+        let rest = split_top_level(text, Vec::new, |job| {
+            match job {
+                Job::Subscription(i, el) => {
+                    assert_eq!(i, subs.len());
+                    subs.push(String::from_utf8(el.text).unwrap());
+                }
+                Job::Vault(id, el) => {
+                    subs.push(format!("{id} = {}", String::from_utf8_lossy(&el.text)))
+                }
+            }
             true
         })
         .unwrap()?;
@@ -422,12 +554,13 @@ mod tests {
             subs,
             [
                 r#"{"subscription_id":"x\"}]"}"#,
-                r#"{"b":[1,{"c":"\\"}],"subscription_id":"y"}"#
+                r#"{"b":[1,{"c":"\\"}],"subscription_id":"y"}"#,
+                r#"v = {"k": "]}"}"#
             ]
         );
         assert_eq!(
             rest,
-            r#"{"schema":"cvm-backup/snapshot/v1","subscriptions":[],"vaults":{"v": {"k": "]}"}},"n":-1.5e3,"t":true}"#
+            r#"{"schema":"cvm-backup/snapshot/v1","subscriptions":[],"vaults":{},"n":-1.5e3,"t":true}"#
         );
     }
 
@@ -441,6 +574,10 @@ mod tests {
             b"{\"subscriptions\": [{\"a\": \"1}]}",
             b"{\"subscriptions\": {}}",
             b"{\"subscriptions\": [], \"subscriptions\": []}",
+            b"{\"vaults\": {}, \"vaults\": {}}",
+            b"{\"vaults\": {\"v\": 1}}",
+            b"{\"vaults\": {\"v\": {}, }}",
+            b"{\"vaults\": []}",
             b"{\"a\": 1} trailing",
             b"{\"a\" 1}",
             b"{,\"a\": 1}",
@@ -457,7 +594,10 @@ mod tests {
     fn values_across_chunk_boundaries() {
         let doc = br#"{"subscriptions":[{"a":"\\\"]}","b":[[[]]],"subscription_id":"s","disks":{"value":[{"id":"d\"]"}, 7]}}],"x":"\u0041"}"#;
         let mut subs = Vec::new();
-        let rest = split_top_level(Trickle(doc, 3), |_, el| {
+        let rest = split_top_level(Trickle(doc, 3), Vec::new, |job| {
+            let Job::Subscription(_, el) = job else {
+                panic!("a vault")
+            };
             let items = el.items.map_items(|(a, b)| el.text[a..b].to_vec());
             let disks = items.disks.unwrap().value.unwrap();
             assert_eq!(disks, [br#"{"id":"d\"]"}"#.to_vec(), b"7".to_vec()]);

@@ -275,6 +275,18 @@ impl<I> Default for VaultChildren<I> {
     }
 }
 
+impl<I> VaultChildren<I> {
+    /// The same children with every item turned into another form.
+    pub fn map_items<J>(self, mut f: impl FnMut(I) -> J) -> VaultChildren<J> {
+        let f = &mut f;
+        VaultChildren {
+            storage_config: self.storage_config.map(|r| r.map_items(f)),
+            policies: self.policies.map(|l| l.map_items(f)),
+            protected_items: self.protected_items.map(|l| l.map_items(f)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HsmRbac<I = Value> {
     #[serde(default = "none", skip_serializing_if = "Option::is_none")]
