@@ -31,6 +31,10 @@ impl Rule for VaultCrossRegionRestore {
         &META
     }
 
+    fn shared_by(&self, cx: &Cx, vm: &Vm) -> Option<String> {
+        Some(super::vault_same_region::vault_key(cx, vm))
+    }
+
     fn check_vm(&self, cx: &Cx, vm: &Vm) -> Finding {
         let new_vault = || super::vault_same_region::create_vault(vm);
         match cx.estate.protection(vm) {

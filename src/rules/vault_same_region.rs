@@ -36,9 +36,27 @@ pub(crate) fn create_vault(vm: &Vm) -> Vec<String> {
     )]
 }
 
+/// What the vault rules' findings depend on: the VM's subscription, region and resource group
+/// (named in the fix) and how it is protected (by which vault, not at all, or unknown why).
+pub(crate) fn vault_key(cx: &Cx, vm: &Vm) -> String {
+    let protection = match cx.estate.protection(vm) {
+        Protection::Protected { vault_key, .. } => format!("protected by {vault_key}"),
+        Protection::NotProtected => String::from("not protected"),
+        Protection::Unknown(r) => format!("unknown: {r}"),
+    };
+    format!(
+        "{}\n{}\n{}\n{protection}",
+        vm.subscription_id, vm.location, vm.resource_group
+    )
+}
+
 impl Rule for VaultSameRegion {
     fn meta(&self) -> &'static RuleMeta {
         &META
+    }
+
+    fn shared_by(&self, cx: &Cx, vm: &Vm) -> Option<String> {
+        Some(vault_key(cx, vm))
     }
 
     fn check_vm(&self, cx: &Cx, vm: &Vm) -> Finding {
