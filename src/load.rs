@@ -1,20 +1,20 @@
 //! `check --from FILE`: a snapshot streamed from disk into the estate.
 //!
 //! A snapshot of a large tenant is hundreds of megabytes, almost all of it the `subscriptions`
-//! array. Reading the file into one buffer would touch every page of it once more, and parsing
-//! it as one document would keep the whole text alive until the estate is built. Instead the
-//! file is read in chunks and split at the top level of the document: each element of
-//! `subscriptions` is handed, as its own small text, to a worker on every core that parses it and
-//! turns its lists into typed records ([`SubscriptionPart`]) while the next one is being read.
-//! The other members (vault children, role data, HSMs: small) are gathered into one document
-//! that is parsed as before. Memory stays at one subscription's text per worker plus the
-//! estate itself.
+//! array and the `vaults` map. Reading the file into one buffer would touch every page of it
+//! once more, and parsing it as one document would keep the whole text alive until the estate
+//! is built. Instead the file is read in chunks and split at the top level: each element of
+//! `subscriptions` and each entry of `vaults` is parsed where it lies, with its raw items kept
+//! as positions, copied into a recycled buffer and handed to a worker on every core, which turns
+//! the items into typed records ([`SubscriptionPart`], [`VaultPart`]) while the splitter reads
+//! on. The few other members (role data, HSMs, errors) are gathered into one small document
+//! parsed as before. Memory stays at a few texts in flight plus the estate itself, and every
+//! item is scanned twice: once to find it, once into its record.
 //!
-//! The splitter only follows the JSON structure (strings, escapes, brackets); serde still parses
-//! and checks every byte. When anything is off — not an object at the top, a syntax error, a
-//! truncated file, a member repeated, a subscription that fails validation — the file is loaded
-//! again by the whole-document path, whose messages name the first problem with its line and
-//! column. Both paths build the same estate (a test compares them on every fixture).
+//! When anything is off — not an object at the top, a syntax error, a truncated file, a member
+//! repeated, a subscription that fails validation — the file is loaded again by the
+//! whole-document path, whose messages name the first problem with its line and column. Both
+//! paths build the same estate (a test compares them on every fixture).
 
 use std::io::Read;
 use std::path::Path;
