@@ -222,7 +222,9 @@ pub struct Estate {
     pub errors: Vec<ErrorRecord>,
     pub principal: Principal,
     sub_index: HashMap<String, usize>,
-    vault_details: HashMap<String, VaultDetail>,
+    /// Vault key -> index in `vault_detail_list` (the last of ids that differ only in case).
+    vault_details: HashMap<String, usize>,
+    vault_detail_list: Vec<VaultDetail>,
     kv_role_assignments: HashMap<String, Listing<RoleAssignment>>,
     role_definitions: HashMap<String, Avail<RoleDefinition>>,
     hsm_rbac: HashMap<String, HsmRbac>,
@@ -230,8 +232,8 @@ pub struct Estate {
     /// DES key -> how many distinct disks and snapshots it encrypts.
     des_usage: HashMap<String, usize>,
     /// VM key -> (vault key, item).
-    /// VM key -> (vault key, index of the protected item in that vault's items).
-    protection: HashMap<String, (String, usize)>,
+    /// VM key -> (vault key, index in `vault_detail_list`, index in that vault's items).
+    protection: HashMap<String, (String, usize, usize)>,
     /// Normalised id (or lower-case name) -> (subscription index, item index), per kind.
     disk_index: Index,
     des_index: Index,
@@ -1092,15 +1094,17 @@ impl Estate {
             chunks.into_iter().flatten().collect()
         });
         let mut vault_details = HashMap::with_capacity(built.len());
-        let mut protection: HashMap<String, (String, usize)> = HashMap::new();
-        for v in built {
+        let mut vault_detail_list = Vec::with_capacity(built.len());
+        let mut protection: HashMap<String, (String, usize, usize)> = HashMap::new();
+        for (vi, v) in built.into_iter().enumerate() {
             errors.extend(v.errors);
             for (vm_key, i) in v.protects {
                 protection
                     .entry(vm_key)
-                    .or_insert_with(|| (v.key.clone(), i));
+                    .or_insert_with(|| (v.key.clone(), vi, i));
             }
-            vault_details.insert(v.key, v.detail);
+            vault_details.insert(v.key, vi);
+            vault_detail_list.push(v.detail);
         }
 
         let mut kv_role_assignments = HashMap::new();
@@ -1214,6 +1218,7 @@ impl Estate {
             principal,
             sub_index,
             vault_details,
+            vault_detail_list,
             kv_role_assignments,
             role_definitions,
             hsm_rbac,
@@ -1403,7 +1408,7 @@ impl Estate {
     }
 
     pub fn vault_detail(&self, vault_id: &str) -> Option<&VaultDetail> {
-        self.vault_details.get(&norm(vault_id))
+        (self.vault_details.get(&norm(vault_id))).and_then(|&i| self.vault_detail_list.get(i))
     }
 
     /// The vault with this id, from its subscription's vault list.
@@ -1414,8 +1419,8 @@ impl Estate {
     }
 
     pub fn protection(&self, vm: &Vm) -> Protection<'_> {
-        let found = (self.protection.get(&vm.key)).and_then(|(vkey, i)| {
-            let item = self.vault_details.get(vkey)?.items.items.get(*i)?;
+        let found = (self.protection.get(&vm.key)).and_then(|(vkey, vi, i)| {
+            let item = self.vault_detail_list.get(*vi)?.items.items.get(*i)?;
             Some((vkey, item))
         });
         if let Some((vkey, item)) = found {
@@ -1500,6 +1505,44 @@ impl Estate {
                         "the state of feature {feature} in subscription {subscription_id} was not read"
                     ))
                 }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two vault entries whose ids differ only in case: the VM is protected by the item the
+    /// first one lists, even though the second one's details are kept under the shared key.
+    #[test]
+    fn protection_points_at_the_vault_that_lists_the_item() {
+        let vm =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1";
+        let vaults =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults";
+        let text = serde_json::json!({
+            "schema": "cvm-backup/snapshot/v1",
+            "subscriptions": [{
+                "subscription_id": "s",
+                "virtual_machines": {"value": [{"id": vm, "name": "vm1", "location": "uaenorth"}]},
+            }],
+            "vaults": {
+                format!("{vaults}/V"): {"protected_items": {"value": [{
+                    "id": format!("{vaults}/V/backupFabrics/Azure/protectionContainers/c/protectedItems/i"),
+                    "properties": {"virtualMachineId": vm, "policyName": "p"}
+                }]}},
+                format!("{vaults}/v"): {"protected_items": {"value": []}},
+            }
+        })
+        .to_string();
+        let snap = Snapshot::from_slice(text.as_bytes(), "x.json").unwrap();
+        let estate = Estate::from_snapshot(&snap, None);
+        match estate.protection(&estate.vms[0]) {
+            Protection::Protected { item, .. } => {
+                assert_eq!(item.policy_name.as_deref(), Some("p"))
+            }
+            other => panic!("{other:?}"),
         }
     }
 }
