@@ -595,7 +595,10 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 // ---- The API -------------------------------------------------------------------------------
 
-/// [`AzureApi`] over one azure_core pipeline shared by every audience.
+/// [`AzureApi`] over one azure_core pipeline shared by every audience. Cheap to clone (the
+/// pipeline is a list of shared policies): each read runs as its own runtime task on a clone,
+/// so answers are received and split on every worker thread, not on the thread that plans.
+#[derive(Clone)]
 pub struct PipelineApi {
     pipeline: Pipeline,
     arm_scope: String,
@@ -846,15 +849,37 @@ fn next_link(page: &Page<'_>) -> Option<String> {
     }
 }
 
-#[async_trait::async_trait]
-impl AzureApi for PipelineApi {
-    async fn get(&self, read: &Read) -> GetOutcome {
+/// Runs one read as its own task on the runtime's workers: the caller's thread (which plans
+/// the run) never holds up receiving or splitting an answer. A panic in the read is re-raised.
+async fn on_worker<T: Send + 'static>(
+    read: &Read,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, Failure> {
+    match tokio::spawn(work).await {
+        Ok(t) => Ok(t),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime shuts down under it.
+        Err(e) => Err(Failure {
+            kind: FailureKind::Network,
+            record: ErrorRecord {
+                scope: read.scope.clone(),
+                operation: read.operation.clone(),
+                status: None,
+                code: None,
+                message: format!("the read was cancelled: {e}"),
+            },
+        }),
+    }
+}
+
+impl PipelineApi {
+    async fn get_here(&self, read: &Read) -> GetOutcome {
         let (body, _) = self.fetch(&read.url, read, None, first_rank(read)).await?;
         serde_json::from_slice::<Box<RawValue>>(&body)
             .map_err(|e| self.malformed(read, format!("the response is not JSON: {e}")))
     }
 
-    async fn post(&self, read: &Read, body: Bytes) -> PostOutcome {
+    async fn post_here(&self, read: &Read, body: Bytes) -> PostOutcome {
         // A query's pages are sent by the caller: each is ranked as a first request.
         let (body, headers) = self
             .fetch(&read.url, read, Some(body), first_rank(read))
@@ -867,8 +892,34 @@ impl AzureApi for PipelineApi {
                 .collect(),
         })
     }
+}
+
+#[async_trait::async_trait]
+impl AzureApi for PipelineApi {
+    async fn get(&self, read: &Read) -> GetOutcome {
+        let (api, r) = (self.clone(), read.clone());
+        on_worker(read, async move { api.get_here(&r).await }).await?
+    }
+
+    async fn post(&self, read: &Read, body: Bytes) -> PostOutcome {
+        let (api, r) = (self.clone(), read.clone());
+        on_worker(read, async move { api.post_here(&r, body).await }).await?
+    }
 
     async fn list(&self, read: &Read) -> ListOutcome {
+        let (api, r) = (self.clone(), read.clone());
+        on_worker(read, async move { api.list_here(&r).await })
+            .await
+            .unwrap_or_else(|f| ListOutcome {
+                error: Some(f),
+                ..Default::default()
+            })
+    }
+}
+
+impl PipelineApi {
+    /// Every page of a list, on the current task.
+    async fn list_here(&self, read: &Read) -> ListOutcome {
         let mut out = ListOutcome::default();
         let mut url = read.url.clone();
         let api_version: Option<String> = url
