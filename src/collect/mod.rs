@@ -81,6 +81,15 @@ pub enum CollectError {
 /// `http.rs`). Partial failures are inside the snapshot; `Err` only when the options are
 /// unusable (exit 2) or nothing could be read (exit 4).
 pub async fn collect(opts: &CollectOptions) -> Result<Snapshot<api::Item>, CollectError> {
+    collect_with(opts, None).await
+}
+
+/// [`collect`], handing each subscription to `sink` as soon as all its lists and features are
+/// in (see [`plan::run_with`]): the snapshot returned then holds no subscriptions.
+pub async fn collect_with(
+    opts: &CollectOptions,
+    sink: Option<plan::Sink<'_>>,
+) -> Result<Snapshot<api::Item>, CollectError> {
     // Everything a user can get wrong is decided here, before any connection.
     let arm = endpoint::check("--arm-endpoint", &opts.arm_endpoint).map_err(CollectError::Usage)?;
     let graph =
@@ -206,7 +215,7 @@ pub async fn collect(opts: &CollectOptions) -> Result<Snapshot<api::Item>, Colle
         deadline,
     };
     let progress = progress::Progress::new(opts.show_progress);
-    let result = plan::run(&api, &cfg, &progress).await;
+    let result = plan::run_with(&api, &cfg, &progress, sink).await;
     progress.finish();
     tracing::debug!("collection finished in {} ms", start.elapsed().as_millis());
     result

@@ -13,7 +13,9 @@
 //! has arrived, a role definition when the role assignments naming it have, the key stores' RBAC
 //! when every DES, Key Vault and HSM list has (a DES that only a VM or disk names as confidential
 //! adds its key store once the VM and disk lists are in too). The HTTP layer bounds what is in
-//! flight and serves continuing chains (next pages, retries) first.
+//! flight and serves continuing chains (next pages, retries) first. A subscription whose lists
+//! and features are all in is assembled at once and can be handed over ([`run_with`]) while the
+//! reads of its vaults and key stores go on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1084,50 +1086,69 @@ struct SubState {
     display_name: Option<String>,
     lists: [Option<ListOutcome>; 7],
     features: Vec<(String, SingleRead<Item>)>,
+    /// Assembled and handed over already.
+    done: bool,
 }
 
-/// The key stores behind the DESs read so far: every confidential DES, plus those in `named`.
-fn key_stores_in(subs: &[SubState], named: &HashSet<String>) -> (Vec<String>, Vec<HsmTarget>) {
-    let values = |kind: Kind| -> Vec<Value> {
-        subs.iter()
-            .filter_map(|s| s.lists[kind.index()].as_ref())
-            .flat_map(|o| o.items.iter().map(|i| value_of(i)))
-            .collect()
+impl SubState {
+    /// Every list and every feature read (successfully or not).
+    fn complete(&self, features: usize) -> bool {
+        self.lists.iter().all(Option::is_some) && self.features.len() >= features
+    }
+}
+
+/// The DESs, Key Vaults and HSMs of one subscription, kept from their lists (they are few) to
+/// tell which key stores sit behind a confidential DES.
+#[derive(Default)]
+struct KeyLists {
+    des: Vec<Value>,
+    key_vaults: Vec<Value>,
+    hsms: Vec<Value>,
+}
+
+impl KeyLists {
+    fn of(&mut self, kind: Kind) -> Option<&mut Vec<Value>> {
+        match kind {
+            Kind::Des => Some(&mut self.des),
+            Kind::KeyVaults => Some(&mut self.key_vaults),
+            Kind::Hsms => Some(&mut self.hsms),
+            _ => None,
+        }
+    }
+}
+
+/// The key stores behind the DESs read so far (in subscription order): every confidential
+/// DES, plus those in `named`.
+fn key_stores_in(subs: &[KeyLists], named: &HashSet<String>) -> (Vec<String>, Vec<HsmTarget>) {
+    let all = |pick: fn(&KeyLists) -> &Vec<Value>| -> Vec<&Value> {
+        subs.iter().flat_map(|s| pick(s).iter()).collect()
     };
-    let (des, kvs, hsms) = (
-        values(Kind::Des),
-        values(Kind::KeyVaults),
-        values(Kind::Hsms),
-    );
     key_stores_of(
-        &des.iter().collect::<Vec<_>>(),
-        &kvs.iter().collect::<Vec<_>>(),
-        &hsms.iter().collect::<Vec<_>>(),
+        &all(|s| &s.des),
+        &all(|s| &s.key_vaults),
+        &all(|s| &s.hsms),
         named,
     )
 }
 
-/// The DESs (normalised ids) that a VM's OS disk or a disk names as confidential.
-fn named_des(subs: &[SubState]) -> HashSet<String> {
-    let mut named = HashSet::new();
-    for s in subs {
-        for (kind, name_of) in [
-            (
-                Kind::Vms,
-                des_named_by_vm as fn(&RawValue) -> Option<String>,
-            ),
-            (Kind::Disks, des_named_by_disk),
-        ] {
-            if let Some(o) = &s.lists[kind.index()] {
-                for item in &o.items {
-                    if let Some(id) = name_of(item) {
-                        named.insert(crate::armid::norm(&id));
-                    }
-                }
-            }
+/// Adds the DESs (normalised ids) that the VMs or disks of one list name as confidential.
+fn add_named_des(kind: Kind, list: &ListOutcome, named: &mut HashSet<String>) {
+    let name_of = match kind {
+        Kind::Vms => des_named_by_vm as fn(&RawValue) -> Option<String>,
+        Kind::Disks => des_named_by_disk,
+        _ => return,
+    };
+    for item in &list.items {
+        // Both paths end in a key with "EncryptionSet" in its name: an item without that text
+        // (and without escapes, which could spell it otherwise) names no DES, unparsed.
+        let text = item.get();
+        if !text.contains("EncryptionSet") && !text.contains('\\') {
+            continue;
+        }
+        if let Some(id) = name_of(item) {
+            named.insert(crate::armid::norm(&id));
         }
     }
-    named
 }
 
 fn not_read(sub: &str, kind: Kind) -> ListOutcome {
@@ -1239,11 +1260,27 @@ fn push_arm_lists<'a>(
     }
 }
 
+/// Takes each subscription's part of the snapshot (with its index) as soon as all its lists
+/// and features are in, while the other reads go on.
+pub type Sink<'s> = &'s mut (dyn FnMut(usize, SubscriptionSnapshot<Item>) + Send);
+
 /// Runs the whole plan. `Err` only when nothing could be read (exit 4).
 pub async fn run(
     api: &dyn AzureApi,
     cfg: &PlanConfig,
     progress: &Progress,
+) -> Result<Snapshot<Item>, CollectError> {
+    run_with(api, cfg, progress, None).await
+}
+
+/// [`run`], handing each subscription to `sink` as soon as it is complete. With a sink, the
+/// snapshot returned holds no subscriptions: every one of them went to the sink, in the order
+/// they completed.
+pub async fn run_with(
+    api: &dyn AzureApi,
+    cfg: &PlanConfig,
+    progress: &Progress,
+    mut sink: Option<Sink<'_>>,
 ) -> Result<Snapshot<Item>, CollectError> {
     let plan = Plan {
         api,
@@ -1264,8 +1301,31 @@ pub async fn run(
             display_name: name.clone(),
             lists: Default::default(),
             features: Vec::new(),
+            done: false,
         })
         .collect();
+    let mut kept: Vec<Option<SubscriptionSnapshot<Item>>> =
+        (0..state.len()).map(|_| None).collect();
+    // A complete subscription is assembled at once and goes to the sink (or is kept here).
+    let mut hand_over = |i: usize, st: &mut SubState| {
+        if st.done {
+            return;
+        }
+        let sub = SubState {
+            id: st.id.clone(),
+            display_name: None,
+            lists: Default::default(),
+            features: Vec::new(),
+            done: true,
+        };
+        let sub = assemble(std::mem::replace(st, sub), cfg.source);
+        match sink.as_mut() {
+            Some(f) => f(i, sub),
+            None => kept[i] = Some(sub),
+        }
+    };
+    let mut key_lists: Vec<KeyLists> = state.iter().map(|_| KeyLists::default()).collect();
+    let mut named: HashSet<String> = HashSet::new();
     let mut tasks: FuturesUnordered<BoxFuture<'_, Event>> = FuturesUnordered::new();
     // Queued in this order: the longest lists first, as they are the chains the run waits
     // for; then the lists that dependent reads wait for.
@@ -1360,18 +1420,28 @@ pub async fn run(
                     }
                     if kind.locates_keys() {
                         locating = locating.saturating_sub(1);
+                        if let Some(keep) = key_lists.get_mut(i).and_then(|k| k.of(kind)) {
+                            keep.extend(o.items.iter().map(|v| value_of(v)));
+                        }
                     }
                     if kind.names_des() {
                         naming = naming.saturating_sub(1);
+                        add_named_des(kind, &o, &mut named);
                     }
                     if let Some(s) = state.get_mut(i) {
                         s.lists[kind.index()] = Some(o);
+                        if s.complete(cfg.features.len()) {
+                            hand_over(i, s);
+                        }
                     }
                 }
             }
             Event::Feature(i, name, r) => {
                 if let Some(s) = state.get_mut(i) {
                     s.features.push((name, r));
+                    if s.complete(cfg.features.len()) {
+                        hand_over(i, s);
+                    }
                 }
             }
             Event::Principal(r, id) => principal = Some((r, id)),
@@ -1411,12 +1481,11 @@ pub async fn run(
                 break;
             }
             key_stage += 1;
-            let named = if key_stage == 2 {
-                named_des(&state)
-            } else {
-                HashSet::new()
-            };
-            let (kv_ids, hsm_targets) = key_stores_in(&state, &named);
+            // First the confidential DESs only; once every VM and disk list is in, also those
+            // a VM or disk names.
+            let none = HashSet::new();
+            let named = if key_stage == 2 { &named } else { &none };
+            let (kv_ids, hsm_targets) = key_stores_in(&key_lists, named);
             let pid = principal.as_ref().and_then(|(_, id)| id.clone());
             for id in kv_ids.into_iter().filter(|id| arm_id(id)) {
                 if kvs_seen.insert(crate::armid::norm(&id)) {
@@ -1440,9 +1509,10 @@ pub async fn run(
         return Err(e);
     }
 
-    let subs: Vec<SubscriptionSnapshot<Item>> =
-        state.into_iter().map(|s| assemble(s, cfg.source)).collect();
-    let mut snap = Snapshot::new(subs);
+    for (i, s) in state.iter_mut().enumerate() {
+        hand_over(i, s);
+    }
+    let mut snap = Snapshot::new(kept.into_iter().flatten().collect());
     snap.source = Some(cfg.source.name().into());
     snap.endpoints = Some(Endpoints {
         arm: Some(cfg.arm_shown.clone()),
@@ -1693,10 +1763,46 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_des_a_vm_or_disk_names_is_found_even_spelled_with_escapes() {
+        let list = |texts: &[&str]| ListOutcome {
+            items: texts
+                .iter()
+                .map(|t| RawValue::from_string(t.to_string()).unwrap())
+                .collect(),
+            pages: 1,
+            error: None,
+        };
+        let vms = list(&[
+            r#"{"properties": {"storageProfile": {"osDisk": {"managedDisk": {"securityProfile": {"diskEncryptionSet": {"id": "/s/A"}}}}}}}"#,
+            r#"{"properties": {"storageProfile": {"osDisk": {"managedDisk": {"securityProfile": {"diskEncryption\u0053et": {"id": "/s/B"}}}}}}}"#,
+            r#"{"properties": {"storageProfile": {"osDisk": {"managedDisk": {"id": "/s/disk"}}}}}"#,
+            r#"{"name": "EncryptionSet", "properties": null}"#,
+        ]);
+        let disks = list(&[
+            r#"{"properties": {"securityProfile": {"secureVMDiskEncryptionSetId": " /s/C "}}}"#,
+        ]);
+        let mut named = HashSet::new();
+        add_named_des(Kind::Vms, &vms, &mut named);
+        add_named_des(Kind::Disks, &disks, &mut named);
+        add_named_des(Kind::Des, &disks, &mut named);
+        let mut got: Vec<String> = named.into_iter().collect();
+        got.sort();
+        assert_eq!(got, vec!["/s/a", "/s/b", "/s/c"]);
+    }
+
     /// An API whose VM list answers only once a vault's own reads have started: a plan that
-    /// waited for every list before reading vaults would never finish.
+    /// waited for every list before reading vaults would never finish. With `handed`, the
+    /// other way round: the vault's storage config answers only once the subscription has been
+    /// handed over (and the VM list does not wait).
     struct VaultsFirst {
         vault_read: tokio::sync::Notify,
+        handed: Option<tokio::sync::Notify>,
+    }
+
+    async fn waited_for(n: &tokio::sync::Notify, what: &str) {
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), n.notified()).await;
+        assert!(waited.is_ok(), "{what}");
     }
 
     #[async_trait::async_trait]
@@ -1704,6 +1810,9 @@ mod tests {
         async fn get(&self, r: &Read) -> GetOutcome {
             if r.url.path().ends_with("/vaultstorageconfig") {
                 self.vault_read.notify_one();
+                if let Some(h) = &self.handed {
+                    waited_for(h, "the subscription waited for its vault's children").await;
+                }
             }
             Ok(item_of(&json!({"properties": {"state": "Registered"}})))
         }
@@ -1715,13 +1824,8 @@ mod tests {
                     "location": "uaenorth"
                 }))]
             } else {
-                if path.ends_with("/microsoft.compute/virtualmachines") {
-                    let waited = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        self.vault_read.notified(),
-                    )
-                    .await;
-                    assert!(waited.is_ok(), "the vault's reads waited for the VM list");
+                if path.ends_with("/microsoft.compute/virtualmachines") && self.handed.is_none() {
+                    waited_for(&self.vault_read, "the vault's reads waited for the VM list").await;
                 }
                 Vec::new()
             };
@@ -1749,12 +1853,59 @@ mod tests {
     async fn a_vaults_reads_start_without_waiting_for_the_other_lists() {
         let api = VaultsFirst {
             vault_read: tokio::sync::Notify::new(),
+            handed: None,
         };
         let snap = run(&api, &cfg(&["s1"]), &Progress::hidden()).await.unwrap();
         let s = &snap.subscriptions[0];
         assert!(s.error.is_none());
         assert!(s.virtual_machines.as_ref().unwrap().error.is_none());
         assert_eq!(snap.vaults.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_is_handed_over_while_its_vaults_children_are_read() {
+        let api = VaultsFirst {
+            vault_read: tokio::sync::Notify::new(),
+            handed: Some(tokio::sync::Notify::new()),
+        };
+        let mut got = Vec::new();
+        let mut sink = |i: usize, sub: SubscriptionSnapshot<Item>| {
+            got.push((i, sub.subscription_id));
+            if let Some(h) = &api.handed {
+                h.notify_one();
+            }
+        };
+        let snap = run_with(&api, &cfg(&["s1"]), &Progress::hidden(), Some(&mut sink))
+            .await
+            .unwrap();
+        assert_eq!(got, vec![(0, "s1".to_string())]);
+        assert!(snap.subscriptions.is_empty(), "handed over, not kept");
+        assert_eq!(snap.vaults.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn with_a_sink_every_subscription_is_handed_over_once_as_it_would_be_kept() {
+        let c = cfg(&["s1", "s2", "s3"]);
+        let kept = run(&FakeApi::new(None), &c, &Progress::hidden())
+            .await
+            .unwrap();
+        let mut got: Vec<(usize, SubscriptionSnapshot<Item>)> = Vec::new();
+        let mut sink = |i: usize, sub: SubscriptionSnapshot<Item>| got.push((i, sub));
+        let rest = run_with(
+            &FakeApi::new(None),
+            &c,
+            &Progress::hidden(),
+            Some(&mut sink),
+        )
+        .await
+        .unwrap();
+        got.sort_by_key(|(i, _)| *i);
+        let handed: Vec<SubscriptionSnapshot<Item>> = got.into_iter().map(|(_, s)| s).collect();
+        assert_eq!(
+            serde_json::to_string(&handed).unwrap(),
+            serde_json::to_string(&kept.subscriptions).unwrap()
+        );
+        assert!(rest.subscriptions.is_empty());
     }
 
     #[tokio::test]
