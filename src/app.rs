@@ -243,8 +243,11 @@ fn check(args: CheckArgs) -> Result<i32, AppError> {
                 settings.opt_out_features.clone(),
                 progress_wanted(&args.out),
             );
-            let snap = runtime()?.block_on(collect::collect(&opts))?;
-            Estate::from_snapshot(&snap, principal)
+            // Each subscription is built into the estate while the other reads go on.
+            let t = std::time::Instant::now();
+            let estate = crate::live::estate(runtime()?, &opts, principal)?;
+            tracing::debug!("read Azure into the estate in {:?}, {}", t.elapsed(), rss());
+            estate
         }
     };
     let scope = Scope {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod endpoint;
 pub mod engine;
 pub mod estate;
+pub mod live;
 pub mod load;
 pub mod output;
 pub mod par;
