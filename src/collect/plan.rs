@@ -860,7 +860,7 @@ impl Plan<'_> {
             format!("{id}/backupPolicies"),
             "list backup policies",
         ));
-        let items = self.list(read(
+        let mut items = read(
             self.arm(
                 &format!("{id}/backupProtectedItems"),
                 &[
@@ -874,7 +874,11 @@ impl Plan<'_> {
             Audience::Arm,
             format!("{id}/backupProtectedItems"),
             "list protected items",
-        ));
+        );
+        // A vault's protected items run to several pages (one per 100 protected VMs): started
+        // late, their chain would be the last thing the run waits for.
+        items.continues = true;
+        let items = self.list(items);
         let (storage, policies, items) = futures::future::join3(storage, policies, items).await;
         (
             id,
