@@ -84,8 +84,8 @@ pub async fn collect(opts: &CollectOptions) -> Result<Snapshot<api::Item>, Colle
     collect_with(opts, None).await
 }
 
-/// [`collect`], handing each subscription to `sink` as soon as all its lists and features are
-/// in (see [`plan::run_with`]): the snapshot returned then holds no subscriptions.
+/// [`collect`], handing each subscription and each vault's children to `sink` as soon as they
+/// are complete (see [`plan::run_with`]): the snapshot returned then holds neither.
 pub async fn collect_with(
     opts: &CollectOptions,
     sink: Option<plan::Sink<'_>>,

@@ -14,8 +14,8 @@
 //! when every DES, Key Vault and HSM list has (a DES that only a VM or disk names as confidential
 //! adds its key store once the VM and disk lists are in too). The HTTP layer bounds what is in
 //! flight and serves continuing chains (next pages, retries) first. A subscription whose lists
-//! and features are all in is assembled at once and can be handed over ([`run_with`]) while the
-//! reads of its vaults and key stores go on.
+//! and features are all in, and a vault whose three reads are, can be handed over at once
+//! ([`run_with`]) while the other reads go on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1267,9 +1267,57 @@ fn push_arm_lists<'a>(
     }
 }
 
-/// Takes each subscription's part of the snapshot (with its index) as soon as all its lists
-/// and features are in, while the other reads go on.
-pub type Sink<'s> = &'s mut (dyn FnMut(usize, SubscriptionSnapshot<Item>) + Send);
+/// A part of the snapshot that is complete: nothing read later changes it.
+pub enum Handed {
+    /// A subscription (with its index), once all its lists and features are in.
+    Subscription(usize, Box<SubscriptionSnapshot<Item>>),
+    /// A vault's children (by the vault's id as listed), once its three reads are in.
+    Vault(String, Box<VaultChildren<Item>>),
+}
+
+/// Takes each part of the snapshot as soon as it is complete, while the other reads go on.
+pub type Sink<'s> = &'s mut (dyn FnMut(Handed) + Send);
+
+/// Where the complete parts go: the sink, or the snapshot being built.
+struct Out<'s> {
+    sink: Option<Sink<'s>>,
+    subscriptions: Vec<Option<SubscriptionSnapshot<Item>>>,
+    vaults: BTreeMap<String, VaultChildren<Item>>,
+}
+
+impl Out<'_> {
+    /// Assembles a complete subscription (once) and hands it over.
+    fn subscription(&mut self, i: usize, st: &mut SubState, source: Source) {
+        if st.done {
+            return;
+        }
+        let taken = SubState {
+            id: st.id.clone(),
+            display_name: None,
+            lists: Default::default(),
+            features: Vec::new(),
+            done: true,
+        };
+        let sub = assemble(std::mem::replace(st, taken), source);
+        match self.sink.as_mut() {
+            Some(f) => f(Handed::Subscription(i, Box::new(sub))),
+            None => {
+                if let Some(slot) = self.subscriptions.get_mut(i) {
+                    *slot = Some(sub);
+                }
+            }
+        }
+    }
+
+    fn vault(&mut self, id: String, children: VaultChildren<Item>) {
+        match self.sink.as_mut() {
+            Some(f) => f(Handed::Vault(id, Box::new(children))),
+            None => {
+                self.vaults.insert(id, children);
+            }
+        }
+    }
+}
 
 /// Runs the whole plan. `Err` only when nothing could be read (exit 4).
 pub async fn run(
@@ -1280,14 +1328,14 @@ pub async fn run(
     run_with(api, cfg, progress, None).await
 }
 
-/// [`run`], handing each subscription to `sink` as soon as it is complete. With a sink, the
-/// snapshot returned holds no subscriptions: every one of them went to the sink, in the order
-/// they completed.
+/// [`run`], handing each subscription and each vault's children to `sink` as soon as it is
+/// complete. With a sink, the snapshot returned holds no subscriptions and no vault children:
+/// every one of them went to the sink, in the order they completed.
 pub async fn run_with(
     api: &dyn AzureApi,
     cfg: &PlanConfig,
     progress: &Progress,
-    mut sink: Option<Sink<'_>>,
+    sink: Option<Sink<'_>>,
 ) -> Result<Snapshot<Item>, CollectError> {
     let plan = Plan {
         api,
@@ -1311,25 +1359,10 @@ pub async fn run_with(
             done: false,
         })
         .collect();
-    let mut kept: Vec<Option<SubscriptionSnapshot<Item>>> =
-        (0..state.len()).map(|_| None).collect();
-    // A complete subscription is assembled at once and goes to the sink (or is kept here).
-    let mut hand_over = |i: usize, st: &mut SubState| {
-        if st.done {
-            return;
-        }
-        let sub = SubState {
-            id: st.id.clone(),
-            display_name: None,
-            lists: Default::default(),
-            features: Vec::new(),
-            done: true,
-        };
-        let sub = assemble(std::mem::replace(st, sub), cfg.source);
-        match sink.as_mut() {
-            Some(f) => f(i, sub),
-            None => kept[i] = Some(sub),
-        }
+    let mut out = Out {
+        sink,
+        subscriptions: (0..state.len()).map(|_| None).collect(),
+        vaults: BTreeMap::new(),
     };
     let mut key_lists: Vec<KeyLists> = state.iter().map(|_| KeyLists::default()).collect();
     let mut named: HashSet<String> = HashSet::new();
@@ -1399,7 +1432,6 @@ pub async fn run_with(
         HashSet::new(),
         HashSet::new(),
     );
-    let mut vaults: BTreeMap<String, VaultChildren<Item>> = BTreeMap::new();
     let mut kv_ra: BTreeMap<String, ListRead<Item>> = BTreeMap::new();
     let mut role_defs: BTreeMap<String, SingleRead<Item>> = BTreeMap::new();
     let mut hsms: Vec<(usize, HsmRead)> = Vec::new();
@@ -1438,7 +1470,7 @@ pub async fn run_with(
                     if let Some(s) = state.get_mut(i) {
                         s.lists[kind.index()] = Some(o);
                         if s.complete(cfg.features.len()) {
-                            hand_over(i, s);
+                            out.subscription(i, s, cfg.source);
                         }
                     }
                 }
@@ -1447,14 +1479,12 @@ pub async fn run_with(
                 if let Some(s) = state.get_mut(i) {
                     s.features.push((name, r));
                     if s.complete(cfg.features.len()) {
-                        hand_over(i, s);
+                        out.subscription(i, s, cfg.source);
                     }
                 }
             }
             Event::Principal(r, id) => principal = Some((r, id)),
-            Event::Vault(id, ch) => {
-                vaults.insert(id, ch);
-            }
+            Event::Vault(id, ch) => out.vault(id, ch),
             Event::RoleAssignments(id, o) => {
                 // Each role definition as soon as an assignment names it.
                 for a in &o.items {
@@ -1517,16 +1547,16 @@ pub async fn run_with(
     }
 
     for (i, s) in state.iter_mut().enumerate() {
-        hand_over(i, s);
+        out.subscription(i, s, cfg.source);
     }
-    let mut snap = Snapshot::new(kept.into_iter().flatten().collect());
+    let mut snap = Snapshot::new(out.subscriptions.into_iter().flatten().collect());
     snap.source = Some(cfg.source.name().into());
     snap.endpoints = Some(Endpoints {
         arm: Some(cfg.arm_shown.clone()),
         graph: Some(cfg.graph_shown.clone()),
     });
     snap.backup_principal = principal.map(|(r, _)| r);
-    snap.vaults = vaults;
+    snap.vaults = out.vaults;
     snap.key_vault_role_assignments = kv_ra;
     snap.role_definitions = role_defs;
     hsms.sort_by_key(|(k, _)| *k);
@@ -1877,43 +1907,63 @@ mod tests {
             handed: Some(tokio::sync::Notify::new()),
         };
         let mut got = Vec::new();
-        let mut sink = |i: usize, sub: SubscriptionSnapshot<Item>| {
-            got.push((i, sub.subscription_id));
-            if let Some(h) = &api.handed {
-                h.notify_one();
+        let mut sink = |h: Handed| match h {
+            Handed::Subscription(i, sub) => {
+                got.push(format!("{i} {}", sub.subscription_id));
+                if let Some(h) = &api.handed {
+                    h.notify_one();
+                }
             }
+            Handed::Vault(id, _) => got.push(id),
         };
         let snap = run_with(&api, &cfg(&["s1"]), &Progress::hidden(), Some(&mut sink))
             .await
             .unwrap();
-        assert_eq!(got, vec![(0, "s1".to_string())]);
-        assert!(snap.subscriptions.is_empty(), "handed over, not kept");
-        assert_eq!(snap.vaults.len(), 1);
+        assert_eq!(
+            got,
+            vec![
+                "0 s1",
+                "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v1"
+            ]
+        );
+        assert!(
+            snap.subscriptions.is_empty() && snap.vaults.is_empty(),
+            "handed over, not kept"
+        );
+    }
+
+    /// The plan's snapshot as JSON text, run with a sink (the parts handed over put back in
+    /// their places) and without.
+    async fn handed_and_kept(with: &dyn AzureApi, without: &dyn AzureApi, c: &PlanConfig) {
+        let kept = run(without, c, &Progress::hidden()).await.unwrap();
+        let mut subs: Vec<(usize, Box<SubscriptionSnapshot<Item>>)> = Vec::new();
+        let mut vaults = BTreeMap::new();
+        let mut sink = |h: Handed| match h {
+            Handed::Subscription(i, sub) => subs.push((i, sub)),
+            Handed::Vault(id, children) => assert!(vaults.insert(id, *children).is_none()),
+        };
+        let mut rest = run_with(with, c, &Progress::hidden(), Some(&mut sink))
+            .await
+            .unwrap();
+        assert!(rest.subscriptions.is_empty() && rest.vaults.is_empty());
+        subs.sort_by_key(|(i, _)| *i);
+        rest.subscriptions = subs.into_iter().map(|(_, s)| *s).collect();
+        rest.vaults = vaults;
+        assert_eq!(
+            serde_json::to_string(&rest).unwrap(),
+            serde_json::to_string(&kept).unwrap()
+        );
     }
 
     #[tokio::test]
-    async fn with_a_sink_every_subscription_is_handed_over_once_as_it_would_be_kept() {
+    async fn with_a_sink_every_part_is_handed_over_once_as_it_would_be_kept() {
         let c = cfg(&["s1", "s2", "s3"]);
-        let kept = run(&FakeApi::new(None), &c, &Progress::hidden())
-            .await
-            .unwrap();
-        let mut got: Vec<(usize, SubscriptionSnapshot<Item>)> = Vec::new();
-        let mut sink = |i: usize, sub: SubscriptionSnapshot<Item>| got.push((i, sub));
-        let rest = run_with(
-            &FakeApi::new(None),
-            &c,
-            &Progress::hidden(),
-            Some(&mut sink),
-        )
-        .await
-        .unwrap();
-        got.sort_by_key(|(i, _)| *i);
-        let handed: Vec<SubscriptionSnapshot<Item>> = got.into_iter().map(|(_, s)| s).collect();
-        assert_eq!(
-            serde_json::to_string(&handed).unwrap(),
-            serde_json::to_string(&kept.subscriptions).unwrap()
-        );
-        assert!(rest.subscriptions.is_empty());
+        handed_and_kept(&FakeApi::new(None), &FakeApi::new(None), &c).await;
+        let api = || VaultsFirst {
+            vault_read: tokio::sync::Notify::new(),
+            handed: None,
+        };
+        handed_and_kept(&api(), &api(), &cfg(&["s1"])).await;
     }
 
     #[tokio::test]
