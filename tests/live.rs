@@ -10,9 +10,8 @@ use std::time::Duration;
 use assert_cmd::Command;
 use serde_json::Value;
 use support::emulator::{Config, Emulator, Fault};
-use support::{outcomes, run, Run};
+use support::{outcomes, run, Run, NOW};
 
-const NOW: &str = "2026-11-28T20:00:00Z";
 const TOKEN: &str = "test-token-5f0c9a1e77d2";
 const DEMO: &str = "fixtures/demo.json";
 const SUB1: &str = "6f1a2b3c-8d4e-4b7a-9c21-5e0f3d7a6b18";
@@ -30,24 +29,8 @@ fn abs(rel: &str) -> String {
     root().join(rel).display().to_string()
 }
 
-/// An empty directory used as PATH: no `az`, so no test can reach a real credential.
-fn empty_path_dir() -> PathBuf {
-    let d = std::env::temp_dir().join("cvm-backup-live-empty-path");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// The binary with a scrubbed environment (no Azure, proxy or identity variables), a fixed
-/// clock, and no credential source that could leave the machine.
 fn bare() -> Command {
-    let mut c = Command::cargo_bin("cvm-backup").unwrap();
-    for k in support::emulator::ambient_vars() {
-        c.env_remove(k);
-    }
-    c.env("CVM_BACKUP_NOW", NOW)
-        .env("PATH", empty_path_dir())
-        .current_dir(std::env::temp_dir());
-    c
+    support::bare_cvm()
 }
 
 fn cvm() -> Command {
@@ -422,14 +405,7 @@ fn exit_4_when_every_call_is_unauthenticated() {
     let emu = Emulator::start(DEMO);
     emu.fault(Fault::status("", 401, "InvalidAuthenticationToken"));
     let l = live(&emu, &[]);
-    assert_eq!(l.code, 4, "{}", l.stderr);
-    assert!(l.stdout.is_empty());
-    assert!(
-        l.stderr.contains("401 InvalidAuthenticationToken"),
-        "{}",
-        l.stderr
-    );
-    assert!(l.stderr.contains("--access-token"), "{}", l.stderr);
+    l.failed(4, &["401 InvalidAuthenticationToken", "--access-token"]);
     // The subscription list failed: nothing else was tried, and a 401 is not retried.
     assert_eq!(emu.requests().len(), 1);
 
@@ -437,8 +413,7 @@ fn exit_4_when_every_call_is_unauthenticated() {
     let emu = Emulator::start(DEMO);
     emu.fault(Fault::status("", 401, "InvalidAuthenticationToken"));
     let l = live(&emu, &["--subscription", SUB1, "--subscription", SUB2]);
-    assert_eq!(l.code, 4, "{}", l.stderr);
-    assert!(l.stdout.is_empty());
+    l.failed(4, &[]);
     // Phase one only (7 lists + 1 feature per subscription, and Graph); no vault or key reads.
     assert_eq!(emu.requests().len(), 2 * 8 + 1, "{:#?}", emu.requests());
 }
@@ -462,13 +437,7 @@ fn exit_4_when_the_endpoint_refuses_connections() {
         "3",
     ]);
     let r = run(c);
-    assert_eq!(r.code, 4, "{}", r.stderr);
-    assert!(r.stdout.is_empty());
-    assert!(
-        r.stderr.contains("cannot reach Azure Resource Manager"),
-        "{}",
-        r.stderr
-    );
+    r.failed(4, &["cannot reach Azure Resource Manager"]);
 }
 
 #[test]
@@ -485,9 +454,7 @@ fn exit_2_for_a_plain_http_endpoint_before_any_connection() {
         TOKEN,
     ]);
     let r = run(c);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stdout.is_empty());
-    assert!(r.stderr.contains("https://"), "{}", r.stderr);
+    r.failed(2, &["https://"]);
     // Graph is an allowed loopback endpoint, but nothing was sent anywhere.
     let mut c = cvm();
     c.args([
@@ -607,13 +574,7 @@ fn exit_4_when_nothing_answers_before_the_overall_timeout() {
     let started = std::time::Instant::now();
     let l = live(&emu, &["--timeout", "2"]);
     assert!(started.elapsed() < Duration::from_secs(30));
-    assert_eq!(l.code, 4, "{}", l.stderr);
-    assert!(l.stdout.is_empty());
-    assert!(
-        l.stderr.contains("overall --timeout of 2 s was reached"),
-        "{}",
-        l.stderr
-    );
+    l.failed(4, &["overall --timeout of 2 s was reached"]);
 }
 
 #[test]
@@ -1167,18 +1128,17 @@ fn when_no_credential_works_one_message_says_what_was_tried() {
     )
     .env("IDENTITY_HEADER", "x");
     let r = run(c);
-    assert_eq!(r.code, 4, "{}", r.stderr);
-    assert!(r.stdout.is_empty());
-    for s in [
-        "environment service principal",
-        "workload identity",
-        "managed identity",
-        "Azure CLI",
-        "az login",
-        "--access-token",
-    ] {
-        assert!(r.stderr.contains(s), "missing {s:?} in:\n{}", r.stderr);
-    }
+    r.failed(
+        4,
+        &[
+            "environment service principal",
+            "workload identity",
+            "managed identity",
+            "Azure CLI",
+            "az login",
+            "--access-token",
+        ],
+    );
     assert!(emu.requests().is_empty(), "nothing is read without a token");
 
     // azure_identity's AZURE_CREDENTIAL_KIND picks one source; its failure is exit 4 too.
@@ -1195,12 +1155,7 @@ fn when_no_credential_works_one_message_says_what_was_tried() {
         out.to_str().unwrap(),
     ]);
     let r = run(c);
-    assert_eq!(r.code, 4, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("AZURE_CREDENTIAL_KIND=azurecli"),
-        "{}",
-        r.stderr
-    );
+    r.failed(4, &["AZURE_CREDENTIAL_KIND=azurecli"]);
     assert!(emu.requests().is_empty());
     assert!(
         !out.exists(),

@@ -36,6 +36,25 @@ pub fn outcomes(doc: &Value) -> BTreeMap<String, String> {
     m
 }
 
+/// The clock of every test run (`CVM_BACKUP_NOW`).
+pub const NOW: &str = "2026-11-28T20:00:00Z";
+
+/// The binary with a scrubbed environment (no Azure, proxy or identity variables), the clock
+/// fixed at `NOW`, and an empty directory as PATH (no `az`): no credential source
+/// can leave the machine.
+pub fn bare_cvm() -> assert_cmd::Command {
+    let path = std::env::temp_dir().join("cvm-backup-tests-empty-path");
+    std::fs::create_dir_all(&path).unwrap();
+    let mut c = assert_cmd::Command::cargo_bin("cvm-backup").unwrap();
+    for k in emulator::ambient_vars() {
+        c.env_remove(k);
+    }
+    c.env("CVM_BACKUP_NOW", NOW)
+        .env("PATH", path)
+        .current_dir(std::env::temp_dir());
+    c
+}
+
 /// What one run of the binary printed and returned.
 pub struct Run {
     pub code: i32,
@@ -44,6 +63,16 @@ pub struct Run {
 }
 
 impl Run {
+    /// The run ended with `code`, printed nothing on stdout, and said each of `phrases` on
+    /// stderr.
+    pub fn failed(&self, code: i32, phrases: &[&str]) {
+        assert_eq!(self.code, code, "{}", self.stderr);
+        assert!(self.stdout.is_empty(), "stdout: {}", self.stdout);
+        for p in phrases {
+            assert!(self.stderr.contains(p), "no {p:?} in: {}", self.stderr);
+        }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!(
