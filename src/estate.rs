@@ -925,7 +925,7 @@ fn count_des_usage(subs: &[SubscriptionData], disk_index: &Index) -> HashMap<Str
 
 /// One subscription's lists turned into typed records, on their own: what the streaming loader
 /// builds on every core while it reads the next subscription.
-pub struct SubscriptionPart {
+struct SubscriptionPart {
     data: SubscriptionData,
     vms: Vec<Vm>,
     errors: Vec<ErrorRecord>,
@@ -938,7 +938,7 @@ pub struct SubscriptionPart {
 }
 
 impl SubscriptionPart {
-    pub fn build<I: RawItem>(s: &SubscriptionSnapshot<I>) -> SubscriptionPart {
+    fn build<I: RawItem>(s: &SubscriptionSnapshot<I>) -> SubscriptionPart {
         let mut errors = Vec::new();
         let (data, vms) = Estate::build_subscription(s, &mut errors);
         let disk_keys: Vec<String> = data.disks.items.iter().map(|d| norm(&d.id)).collect();
@@ -966,8 +966,48 @@ impl SubscriptionPart {
     }
 }
 
+/// Subscriptions and vaults built on their own, on any thread and in any order (the streaming
+/// loader and the live collector), then put in the snapshot's order for [`Estate::from_parts`].
+#[derive(Default)]
+pub struct Parts {
+    subscriptions: Vec<(usize, SubscriptionPart)>,
+    vaults: Vec<(String, VaultPart)>,
+}
+
+impl Parts {
+    /// `subscriptions[i]` of the snapshot.
+    pub fn subscription<I: RawItem>(&mut self, i: usize, s: &SubscriptionSnapshot<I>) {
+        self.subscriptions.push((i, SubscriptionPart::build(s)));
+    }
+
+    /// `vaults[id]` of the snapshot.
+    pub fn vault<I: RawItem>(&mut self, id: String, children: &VaultChildren<I>) {
+        let part = VaultPart::build(&id, children);
+        self.vaults.push((id, part));
+    }
+
+    /// The estate of these parts and the rest of the snapshot (whose own subscriptions and vaults
+    /// are ignored): subscriptions in index order, vaults by id as in the snapshot's map.
+    pub fn into_estate<I: RawItem>(
+        all: Vec<Parts>,
+        rest: &Snapshot<I>,
+        principal_override: Option<&str>,
+    ) -> Estate {
+        let (mut subscriptions, mut vaults) = (Vec::new(), Vec::new());
+        for p in all {
+            subscriptions.extend(p.subscriptions);
+            vaults.extend(p.vaults);
+        }
+        subscriptions.sort_unstable_by_key(|(i, _)| *i);
+        vaults.sort_by(|a, b| a.0.cmp(&b.0));
+        let subscriptions = subscriptions.into_iter().map(|(_, p)| p).collect();
+        let vaults = vaults.into_iter().map(|(_, p)| p).collect();
+        Estate::from_parts(subscriptions, Some(vaults), rest, principal_override)
+    }
+}
+
 /// One vault's children as typed records, with the VMs it protects (`(VM key, item index)`).
-pub struct VaultPart {
+struct VaultPart {
     key: String,
     detail: VaultDetail,
     protects: Vec<(String, usize)>,
@@ -975,7 +1015,7 @@ pub struct VaultPart {
 }
 
 impl VaultPart {
-    pub fn build<I: RawItem>(vault_id: &str, children: &VaultChildren<I>) -> VaultPart {
+    fn build<I: RawItem>(vault_id: &str, children: &VaultChildren<I>) -> VaultPart {
         let mut errors = Vec::new();
         let storage_crr = single(
             children.storage_config.as_ref(),
@@ -1032,9 +1072,10 @@ impl Estate {
         Self::from_parts(parts, None, snap, principal_override)
     }
 
-    /// Builds the estate from subscriptions built on their own (in `snap.subscriptions`' order,
-    /// which is ignored here) and the rest of the snapshot: vault children, role data, HSMs.
-    pub fn from_parts<I: RawItem>(
+    /// Builds the estate from subscriptions built on their own (in the snapshot's order; the
+    /// snapshot's own list is ignored), vaults built on their own if given (else from
+    /// `snap.vaults`), and the rest of the snapshot: role data, HSMs, errors.
+    fn from_parts<I: RawItem>(
         parts: Vec<SubscriptionPart>,
         vault_parts: Option<Vec<VaultPart>>,
         snap: &Snapshot<I>,

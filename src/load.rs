@@ -6,7 +6,7 @@
 //! is built. Instead the file is read in chunks and split at the top level: each element of
 //! `subscriptions` and each entry of `vaults` is parsed where it lies, with its raw items kept
 //! as positions, copied into a recycled buffer and handed to a worker on every core, which turns
-//! the items into typed records ([`SubscriptionPart`], [`VaultPart`]) while the splitter reads
+//! the items into typed records ([`Parts`]) while the splitter reads
 //! on. The few other members (role data, HSMs, errors) are gathered into one small document
 //! parsed as before. Memory stays at a few texts in flight plus the estate itself, and every
 //! item is scanned twice: once to find it, once into its record.
@@ -18,12 +18,10 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, Sender};
-use std::sync::Mutex;
 
 use serde_json::value::RawValue;
 
-use crate::estate::{Estate, ItemText, SubscriptionPart, VaultPart};
+use crate::estate::{Estate, ItemText, Parts};
 use crate::snapshot::{self, Snapshot, SnapshotError, SubscriptionSnapshot, VaultChildren};
 
 /// Bytes read from the file at a time.
@@ -61,52 +59,33 @@ pub fn streamed(
 ) -> std::io::Result<Option<Estate>> {
     let workers = workers.max(1);
     let t = std::time::Instant::now();
-    let (tx, rx) = sync_channel::<Job>(workers);
-    let rx = Mutex::new(rx);
     // Texts go back to the splitter to be filled again: a few buffers reused instead of fresh
     // pages for every subscription.
     let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let (split, built) = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                let spare = spare_tx.clone();
-                let rx = &rx;
-                s.spawn(move || build_parts(rx, &spare, name))
-            })
-            .collect();
-        let spare = || spare_rx.try_recv().unwrap_or_default();
-        let split = split_top_level(r, spare, |job| tx.send(job).is_ok());
-        drop(tx);
-        tracing::debug!("{name}: read and split in {:?}", t.elapsed());
-        let mut built = Built::default();
-        let mut ok = true;
-        for h in handles {
-            match h.join() {
-                Ok(Some(b)) => {
-                    built.subscriptions.extend(b.subscriptions);
-                    built.vaults.extend(b.vaults);
-                }
-                Ok(None) => ok = false,
-                Err(panic) => std::panic::resume_unwind(panic),
+    let (split, built) = crate::par::pipeline(
+        workers,
+        workers,
+        |send| {
+            let spare = || spare_rx.try_recv().unwrap_or_default();
+            let split = split_top_level(r, spare, send);
+            tracing::debug!("{name}: read and split in {:?}", t.elapsed());
+            split
+        },
+        |built: &mut Built, job| {
+            if let Some(text) = built.add(job, name) {
+                // The splitter may have finished: then the buffer is simply dropped.
+                let _ = spare_tx.send(text);
             }
-        }
-        (split, ok.then_some(built))
-    });
+        },
+    );
     tracing::debug!(
         "{name}: subscriptions and vaults built in {:?}",
         t.elapsed()
     );
-    let (Some(rest), Some(mut built)) = (split?, built) else {
+    let Some(rest) = split? else {
         return Ok(None);
     };
-    built.subscriptions.sort_unstable_by_key(|(i, _)| *i);
-    if (built.subscriptions.iter().enumerate()).any(|(n, (i, _))| n != *i) {
-        return Ok(None);
-    }
-    // The vaults in the order of the snapshot's map: by id (a repeated id is left to the whole
-    // document path, which keeps the last one).
-    built.vaults.sort_by(|a, b| a.0.cmp(&b.0));
-    if built.vaults.windows(2).any(|w| w[0].0 == w[1].0) {
+    if built.iter().any(|b| b.refused) {
         return Ok(None);
     }
     let snap: Snapshot<&RawValue> = match Snapshot::parse_borrowed(&rest, name) {
@@ -114,14 +93,8 @@ pub fn streamed(
         _ => return Ok(None),
     };
     tracing::debug!("{name}: the rest parsed in {:?}", t.elapsed());
-    let subscriptions = built.subscriptions.into_iter().map(|(_, p)| p).collect();
-    let vaults = built.vaults.into_iter().map(|(_, p)| p).collect();
-    Ok(Some(Estate::from_parts(
-        subscriptions,
-        Some(vaults),
-        &snap,
-        principal,
-    )))
+    let parts = built.into_iter().map(|b| b.parts).collect();
+    Ok(Some(Parts::into_estate(parts, &snap, principal)))
 }
 
 /// A text and where each raw item is in it.
@@ -140,60 +113,50 @@ enum Job {
     Vault(String, Box<Element<VaultChildren<Span>>>),
 }
 
+/// What one worker built, and whether a subscription failed validation (then the whole
+/// document path names the problem).
 #[derive(Default)]
 struct Built {
-    subscriptions: Vec<(usize, SubscriptionPart)>,
-    vaults: Vec<(String, VaultPart)>,
+    parts: Parts,
+    refused: bool,
 }
 
-/// A worker: builds subscriptions and vaults until the splitter is done. `None` as soon as a
-/// subscription does not validate (the other workers still drain the channel).
-fn build_parts(rx: &Mutex<Receiver<Job>>, spare: &Sender<Vec<u8>>, name: &str) -> Option<Built> {
-    let mut out = Built::default();
-    let mut ok = true;
-    loop {
-        // A poisoned lock means another worker panicked; that panic is re-raised on join.
-        let next = match rx.lock() {
-            Ok(r) => r.recv(),
-            Err(_) => return None,
-        };
-        let Ok(job) = next else { break };
-        let text = match job {
-            _ if !ok => continue,
+impl Built {
+    /// Builds one job; returns its text for reuse.
+    fn add(&mut self, job: Job, name: &str) -> Option<Vec<u8>> {
+        if self.refused {
+            return None;
+        }
+        match job {
             Job::Subscription(i, el) => {
                 let Element { text, items } = *el;
                 let sub = items.map_items(|(a, b)| ItemText(&text[a..b]));
-                if snapshot::validate_subscription(i, &sub, name).is_ok() {
-                    out.subscriptions.push((i, SubscriptionPart::build(&sub)));
-                } else {
-                    ok = false;
+                match snapshot::validate_subscription(i, &sub, name) {
+                    Ok(()) => self.parts.subscription(i, &sub),
+                    Err(_) => self.refused = true,
                 }
                 drop(sub);
-                text
+                Some(text)
             }
             Job::Vault(id, el) => {
                 let Element { text, items } = *el;
                 let children = items.map_items(|(a, b)| ItemText(&text[a..b]));
-                let part = VaultPart::build(&id, &children);
-                out.vaults.push((id, part));
+                self.parts.vault(id, &children);
                 drop(children);
-                text
+                Some(text)
             }
-        };
-        // The splitter may have finished: then the buffer is simply dropped.
-        let _ = spare.send(text);
+        }
     }
-    ok.then_some(out)
 }
 
 /// Reads the top-level object from `r`, hands each element of `subscriptions` and each entry of
 /// `vaults` to `each`, and returns the other members as one JSON object (with `"subscriptions":
 /// []` and `"vaults": {}`). `Ok(None)` when the document is not an object of that shape, is
-/// truncated, or `each` refused a job.
+/// truncated.
 fn split_top_level(
     r: impl Read,
     spare: impl FnMut() -> Vec<u8>,
-    each: impl FnMut(Job) -> bool,
+    each: impl FnMut(Job),
 ) -> std::io::Result<Option<Vec<u8>>> {
     match split(r, spare, each) {
         Ok(rest) => Ok(Some(rest)),
@@ -218,7 +181,7 @@ impl From<std::io::Error> for Stop {
 fn split(
     r: impl Read,
     mut spare: impl FnMut() -> Vec<u8>,
-    mut each: impl FnMut(Job) -> bool,
+    mut each: impl FnMut(Job),
 ) -> Result<Vec<u8>, Stop> {
     let mut src = Source::new(r);
     let mut rest = b"{".to_vec();
@@ -244,9 +207,7 @@ fn split(
                 let mut i = 0;
                 while src.next_element(i == 0)? {
                     let el = src.element(spare(), subscription_spans)?;
-                    if !each(Job::Subscription(i, Box::new(el))) {
-                        return Err(Stop::Refused);
-                    }
+                    each(Job::Subscription(i, Box::new(el)));
                     i += 1;
                 }
                 rest.extend_from_slice(b"[]");
@@ -258,11 +219,14 @@ fn split(
                 }
                 src.pos += 1;
                 let mut first = true;
+                // A repeated id is left to the whole-document path (which keeps the last).
+                let mut ids = std::collections::HashSet::new();
                 while let Some((_, id)) = src.next_member(&mut first)? {
-                    let el = src.element(spare(), vault_spans)?;
-                    if !each(Job::Vault(id, Box::new(el))) {
+                    if !ids.insert(id.clone()) {
                         return Err(Stop::Refused);
                     }
+                    let el = src.element(spare(), vault_spans)?;
+                    each(Job::Vault(id, Box::new(el)));
                 }
                 rest.extend_from_slice(b"{}");
             }
@@ -530,17 +494,14 @@ mod tests {
 
     fn split(text: &[u8]) -> Option<(Vec<String>, String)> {
         let mut subs = Vec::new();
-        let rest = split_top_level(text, Vec::new, |job| {
-            match job {
-                Job::Subscription(i, el) => {
-                    assert_eq!(i, subs.len());
-                    subs.push(String::from_utf8(el.text).unwrap());
-                }
-                Job::Vault(id, el) => {
-                    subs.push(format!("{id} = {}", String::from_utf8_lossy(&el.text)))
-                }
+        let rest = split_top_level(text, Vec::new, |job| match job {
+            Job::Subscription(i, el) => {
+                assert_eq!(i, subs.len());
+                subs.push(String::from_utf8(el.text).unwrap());
             }
-            true
+            Job::Vault(id, el) => {
+                subs.push(format!("{id} = {}", String::from_utf8_lossy(&el.text)))
+            }
         })
         .unwrap()?;
         Some((subs, String::from_utf8(rest).unwrap()))
@@ -575,6 +536,7 @@ mod tests {
             b"{\"subscriptions\": {}}",
             b"{\"subscriptions\": [], \"subscriptions\": []}",
             b"{\"vaults\": {}, \"vaults\": {}}",
+            b"{\"vaults\": {\"v\": {}, \"v\": {}}}",
             b"{\"vaults\": {\"v\": 1}}",
             b"{\"vaults\": {\"v\": {}, }}",
             b"{\"vaults\": []}",
@@ -602,7 +564,6 @@ mod tests {
             let disks = items.disks.unwrap().value.unwrap();
             assert_eq!(disks, [br#"{"id":"d\"]"}"#.to_vec(), b"7".to_vec()]);
             subs.push(String::from_utf8(el.text).unwrap());
-            true
         })
         .unwrap()
         .unwrap();

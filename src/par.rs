@@ -33,6 +33,46 @@ pub fn map_chunks<T: Sync, R: Send>(
     })
 }
 
+/// A producer on this thread hands jobs to `workers` threads, each folding the jobs it takes
+/// into its own `R` with `work`. Returns what `produce` returned and each worker's `R`. At most
+/// `queue` jobs wait at a time (beyond that the producer waits). A panic in a worker is
+/// re-raised here.
+pub fn pipeline<J: Send, R: Default + Send, P>(
+    workers: usize,
+    queue: usize,
+    produce: impl FnOnce(&mut (dyn FnMut(J) + Send)) -> P,
+    work: impl Fn(&mut R, J) + Sync,
+) -> (P, Vec<R>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<J>(queue);
+    let rx = std::sync::Mutex::new(rx);
+    let (rx, work) = (&rx, &work);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                s.spawn(move || {
+                    let mut r = R::default();
+                    // A poisoned lock means another worker panicked, re-raised on join.
+                    while let Some(job) = rx.lock().ok().and_then(|q| q.recv().ok()) {
+                        work(&mut r, job);
+                    }
+                    r
+                })
+            })
+            .collect();
+        // A send fails only when every worker is gone (panicked): the join says why.
+        let p = produce(&mut |job| drop(tx.send(job)));
+        drop(tx);
+        let rs = handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect();
+        (p, rs)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -43,5 +83,23 @@ mod tests {
             assert_eq!(parts.concat(), items);
         }
         assert_eq!(super::map_chunks(&[] as &[u32], 4, <[u32]>::len), vec![0]);
+    }
+
+    #[test]
+    fn a_pipeline_hands_every_job_to_one_worker() {
+        for workers in [1, 3] {
+            let (n, parts) = super::pipeline(
+                workers,
+                2,
+                |send| {
+                    (0..1000u32).for_each(&mut *send);
+                    1000
+                },
+                |acc: &mut Vec<u32>, j| acc.push(j),
+            );
+            let mut all = parts.concat();
+            all.sort_unstable();
+            assert_eq!(all, (0..n).collect::<Vec<_>>());
+        }
     }
 }
