@@ -1,7 +1,7 @@
 //! CVMB009 des-disk-limit: the VM's confidential DES encrypts fewer disks and snapshots than the limit.
 
 use super::{sh, Cx, Finding, Rule, RuleMeta, Severity};
-use crate::estate::{Lookup, Vm};
+use crate::estate::{Avail, Lookup, Vm};
 
 pub struct DesDiskLimit;
 
@@ -19,8 +19,9 @@ the threshold. The ruleset holds the limit (`2026-01`: 40, `2026-07`: 6000); \
 The rule counts the managed disks and snapshots whose `encryption.diskEncryptionSetId` or \
 `securityProfile.secureVMDiskEncryptionSetId` is the VM's confidential DES, across every \
 subscription read. It passes below the limit. A VM with no confidential DES (platform-managed \
-keys) is `skipped`. When a disk or snapshot list could not be read the count is only a lower \
-bound: the rule fails if that bound already reaches the limit, else it is `unknown`.
+keys) is `skipped`; one whose OS disk could not be read to tell is `unknown`. When a disk or \
+snapshot list could not be read the count is only a lower bound: the rule fails if that bound \
+already reaches the limit, else it is `unknown`.
 
 Fix: keep disks per DES minimal, e.g. create another confidential DES for new VMs, and delete \
 snapshots of those disks that are no longer needed.",
@@ -28,15 +29,32 @@ snapshots of those disks that are no longer needed.",
     subscription_scoped: false,
 };
 
-/// The VM's confidential DES: from the VM payload, else from its OS disk resource.
-pub(crate) fn cvm_des(cx: &Cx, vm: &Vm) -> Option<String> {
-    vm.cvm_des_id.clone().or_else(|| {
-        let disk = vm.os_disk_id.as_deref()?;
-        match cx.estate.disk(disk) {
-            Lookup::Found(d) => d.secure_des_id.clone(),
-            _ => None,
-        }
-    })
+/// The VM's confidential DES: from the VM payload, else from its OS disk resource. `Known(None)`
+/// only when the VM has no confidential DES (platform-managed key); `Unknown` when the disk that
+/// would name one could not be read.
+pub(crate) fn cvm_des(cx: &Cx, vm: &Vm) -> Avail<Option<String>> {
+    if let Some(des) = &vm.cvm_des_id {
+        return Avail::Known(Some(des.clone()));
+    }
+    let Some(disk) = vm.os_disk_id.as_deref() else {
+        return Avail::Known(None);
+    };
+    match cx.estate.disk(disk) {
+        Lookup::Found(d) => Avail::Known(d.secure_des_id.clone()),
+        Lookup::NotFound => Avail::Unknown(format!(
+            "the OS disk {disk} is not in its subscription's disk list"
+        )),
+        Lookup::Unknown(r) => Avail::Unknown(format!("could not read the OS disk {disk}: {r}")),
+    }
+}
+
+/// The part of a shared-finding key that stands for [`cvm_des`].
+pub(crate) fn cvm_des_key(cx: &Cx, vm: &Vm) -> String {
+    match cvm_des(cx, vm) {
+        Avail::Known(Some(des)) => format!("des {des}"),
+        Avail::Known(None) => String::from("platform-managed"),
+        Avail::Unknown(r) => format!("unknown: {r}"),
+    }
 }
 
 impl Rule for DesDiskLimit {
@@ -46,13 +64,23 @@ impl Rule for DesDiskLimit {
 
     /// The VM's confidential DES, subscription and region (the fix names the last two).
     fn shared_by(&self, cx: &Cx, vm: &Vm) -> Option<String> {
-        let des = cvm_des(cx, vm).unwrap_or_default();
+        let des = cvm_des_key(cx, vm);
         Some(format!("{des}\n{}\n{}", vm.subscription_id, vm.location))
     }
 
     fn check_vm(&self, cx: &Cx, vm: &Vm) -> Finding {
-        let Some(des) = cvm_des(cx, vm) else {
-            return Finding::skipped("no confidential disk encryption set (platform-managed key)");
+        let des = match cvm_des(cx, vm) {
+            Avail::Known(Some(des)) => des,
+            Avail::Known(None) => {
+                return Finding::skipped(
+                    "no confidential disk encryption set (platform-managed key)",
+                )
+            }
+            Avail::Unknown(r) => {
+                return Finding::unknown(format!(
+                    "could not tell which disk encryption set the VM uses: {r}"
+                ))
+            }
         };
         let limit = cx.settings.des_disk_limit;
         let (count, missing) = cx.estate.des_usage(&des);

@@ -24,7 +24,8 @@ VM backup uses the \"Backup Management Service\" service principal (application 
 confidential VM with a customer-managed key (CMK). The portal grants this automatically; \
 PowerShell, CLI and REST do not, so a CVM protected by script may lack it.
 
-* No confidential DES on the OS disk: platform-managed key, `pass`.
+* No confidential DES on the OS disk: platform-managed key, `pass`. When the VM payload names \
+no DES and its OS disk could not be read, `unknown`.
 * Key Vault with access policies: the service's access policy must have key permissions `get`, \
 `list` and `backup` (`all` counts; case-insensitive).
 * Key Vault with RBAC (`enableRbacAuthorization: true`; access policies then count for nothing): \
@@ -305,7 +306,7 @@ impl Rule for KeyAccess {
     /// The VM's confidential DES; the VM's subscription and resource group only stand in
     /// for a Key Vault's in a fix when its id lacks them.
     fn shared_by(&self, cx: &Cx, vm: &Vm) -> Option<String> {
-        let des = super::des_disk_limit::cvm_des(cx, vm).unwrap_or_default();
+        let des = super::des_disk_limit::cvm_des_key(cx, vm);
         Some(format!(
             "{des}\n{}\n{}",
             vm.subscription_id, vm.resource_group
@@ -313,9 +314,18 @@ impl Rule for KeyAccess {
     }
 
     fn check_vm(&self, cx: &Cx, vm: &Vm) -> Finding {
-        let Some(des_id) = super::des_disk_limit::cvm_des(cx, vm) else {
-            return Finding::pass("platform-managed key: no customer-managed key to grant")
-                .with("key_type", "platform-managed");
+        let des_id = match super::des_disk_limit::cvm_des(cx, vm) {
+            Avail::Known(Some(des)) => des,
+            Avail::Known(None) => {
+                return Finding::pass("platform-managed key: no customer-managed key to grant")
+                    .with("key_type", "platform-managed")
+            }
+            Avail::Unknown(r) => {
+                return Finding::unknown(format!(
+                    "could not tell which disk encryption set holds the VM's key: {r}"
+                ))
+                .with_opt("os_disk_id", vm.os_disk_id.as_deref())
+            }
         };
         let des = match cx.estate.des(&des_id) {
             Lookup::Found(d) => d,

@@ -101,13 +101,33 @@ fn feature(name: &str, state: &str) -> Value {
     json!({"value": {"name": name, "properties": {"state": state}}})
 }
 
+/// The OS disk ARM lists for a VM made by [`vm`] (platform-managed keys).
+fn os_disk(vm: &Value) -> Value {
+    let id = vm["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"].clone();
+    let confidential = vm["properties"]["securityProfile"]["securityType"] == "ConfidentialVM";
+    let mut props = json!({"encryption": {"type": "EncryptionAtRestWithPlatformKey"}});
+    if confidential {
+        props["securityProfile"] =
+            json!({"securityType": "ConfidentialVM_DiskEncryptedWithPlatformKey"});
+    }
+    json!({
+        "id": id,
+        "name": id.as_str().and_then(|i| i.rsplit('/').next()).unwrap_or_default(),
+        "type": "Microsoft.Compute/disks",
+        "location": vm["location"].clone(),
+        "managedBy": vm["id"].clone(),
+        "properties": props
+    })
+}
+
 fn subscription(id: &str, name: &str, vms: Vec<Value>, vaults: &[Value], features: Value) -> Value {
     let ok = |v: Value| json!({ "value": v });
+    let disks: Vec<Value> = vms.iter().map(os_disk).collect();
     json!({
         "subscription_id": id,
         "display_name": name,
         "virtual_machines": ok(Value::Array(vms)),
-        "disks": ok(json!([])),
+        "disks": ok(Value::Array(disks)),
         "snapshots": ok(json!([])),
         "disk_encryption_sets": ok(json!([])),
         "recovery_services_vaults": ok(Value::Array(vaults.to_vec())),
