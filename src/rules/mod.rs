@@ -137,10 +137,6 @@ impl Finding {
     pub fn with_opt(self, key: &'static str, value: Option<impl Serialize>) -> Self {
         self.with(key, value)
     }
-    /// The evidence as a JSON object text.
-    pub fn evidence_json(&self) -> &str {
-        &self.evidence
-    }
     pub fn fix(mut self, text: impl Into<String>, commands: Vec<String>) -> Self {
         self.remediation = Some(Remediation {
             text: text.into(),

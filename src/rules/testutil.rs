@@ -107,7 +107,7 @@ pub fn check_fixtures(rule: &dyn Rule) -> usize {
             f.message
         );
         assert!(!f.message.is_empty(), "{name}/{stem}.json: empty message");
-        assert_unique_keys(f.evidence_json(), &format!("{name}/{stem}.json"));
+        assert_unique_keys(&f.evidence, &format!("{name}/{stem}.json"));
         if f.outcome == super::Outcome::Fail
             && rule.meta().severity != super::Severity::Precondition
         {
